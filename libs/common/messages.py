@@ -1,0 +1,99 @@
+"""Every message on the wire: msgspec structs in a tagged union inside one envelope.
+
+Schema evolution follows msgspec's rules: a new field gets a default, a field's type never
+changes, a tag is never reused. Decode once, with the module-level decoder.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class JobRequested(msgspec.Struct, tag="job.requested", frozen=True):
+    """The web service recorded a job; the dispatcher fans it out."""
+
+    kind: str
+
+
+class CsvTask(msgspec.Struct, tag="task.csv", frozen=True):
+    """Map rows ``first_row..first_row+rows-1`` found at bytes ``[start, end)`` of ``source``."""
+
+    task_id: str
+    seq: int
+    source: str
+    start: int
+    end: int
+    first_row: int
+    rows: int
+    header: list[str]
+    spec: str
+    output: str
+
+
+class RowError(msgspec.Struct, frozen=True, array_like=True):
+    row: int
+    column: str | None
+    reason: str
+
+
+class TaskResult(msgspec.Struct, tag="task.result", frozen=True):
+    """A worker finished a task: its output part is durable before this is sent."""
+
+    task_id: str
+    seq: int
+    rows_in: int
+    rows_out: int
+    rows_failed: int
+    rows_filtered: int = 0
+    errors: list[RowError] = []
+    errors_truncated: int = 0
+    worker: str = ""
+    elapsed: float = 0.0
+
+
+class JobCancelled(msgspec.Struct, tag="job.cancelled", frozen=True):
+    """Broadcast to workers: drop the remaining tasks of this job."""
+
+
+Body = JobRequested | CsvTask | TaskResult | JobCancelled
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    id: str
+    job_id: str
+    body: Body
+    attempt: int = 1
+    sent_at: float = 0.0
+    v: int = SCHEMA_VERSION
+
+    def next_attempt(self) -> Envelope:
+        return msgspec.structs.replace(self, attempt=self.attempt + 1, sent_at=time.time())
+
+
+def envelope(job_id: str, body: Body, *, message_id: str | None = None) -> Envelope:
+    return Envelope(
+        id=message_id or uuid.uuid4().hex, job_id=job_id, body=body, sent_at=time.time()
+    )
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+def encode(env: Envelope) -> bytes:
+    return _encoder.encode(env)
+
+
+def decode(data: bytes | str) -> Envelope:
+    """Raise ``msgspec.ValidationError``/``DecodeError`` for anything that is not an Envelope."""
+    return _decoder.decode(data)
+
+
+def task_id(job_id: str, seq: int) -> str:
+    """Deterministic: a re-published chunk has the same id, so its effects are keyed by it."""
+    return f"{job_id}-{seq:06d}"

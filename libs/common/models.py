@@ -1,0 +1,121 @@
+"""SQLAlchemy 2 models. The schema itself is owned by the Alembic migrations in infra/."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Job states.
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+)
+JOB_FINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+# Task states: a task is final once done, dead (dead-lettered) or cancelled.
+T_QUEUED, T_DONE, T_DEAD, T_CANCELLED = "queued", "done", "dead", "cancelled"
+TASK_FINAL = frozenset({T_DONE, T_DEAD, T_CANCELLED})
+
+
+def now() -> float:
+    return time.time()
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    pool: Mapped[str] = mapped_column(String(64), default="shared")
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    source: Mapped[str | None] = mapped_column(Text, default=None)
+    source_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    output: Mapped[str | None] = mapped_column(Text, default=None)
+    header: Mapped[list[str]] = mapped_column(default=list)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[float] = mapped_column(Float, default=now, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    # Fan-out cursor: where a restarted dispatcher resumes.
+    fanout_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    cursor_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    cursor_seq: Mapped[int] = mapped_column(Integer, default=0)
+    cursor_row: Mapped[int] = mapped_column(BigInteger, default=1)
+    # Counters, moved only by task state transitions.
+    rows_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_filtered: Mapped[int] = mapped_column(BigInteger, default=0)
+    tasks_total: Mapped[int] = mapped_column(Integer, default=0)
+    tasks_done: Mapped[int] = mapped_column(Integer, default=0)
+    tasks_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=T_QUEUED)
+    start: Mapped[int] = mapped_column(BigInteger)
+    end: Mapped[int] = mapped_column(BigInteger)
+    first_row: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(Integer)
+    rows_out: Mapped[int] = mapped_column(Integer, default=0)
+    rows_failed: Mapped[int] = mapped_column(Integer, default=0)
+    rows_filtered: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(128), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class ItemError(Base):
+    __tablename__ = "item_errors"
+    __table_args__ = (Index("ix_item_errors_job_row", "job_id", "row"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    task_id: Mapped[str] = mapped_column(String(48))
+    row: Mapped[int] = mapped_column(BigInteger)
+    column: Mapped[str | None] = mapped_column(String(256), default=None)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class Outbox(Base):
+    """Messages committed with the state that caused them; a relay publishes them."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    route: Mapped[str] = mapped_column(String(128))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    sent_at: Mapped[float | None] = mapped_column(Float, default=None, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -1,0 +1,62 @@
+"""What every entry point does first: settings, logging, and the shared components."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from libs.common import db, logs, settings
+from libs.common.broker import Broker
+from libs.common.storage import Storage
+
+
+@dataclass
+class Components:
+    settings: settings.Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: Storage
+    broker: Broker
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Settings (environment variables):\n" + settings.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def load_settings() -> settings.Settings:
+    """Settings from the environment, or exit 2 with one line naming the variable."""
+    try:
+        loaded = settings.load()
+    except settings.SettingsError as exc:
+        print(f"conveyor: invalid setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup(loaded.log_level)
+    return loaded
+
+
+def broker(config: settings.Settings) -> Broker:
+    return Broker(config.effective_broker_url, config.queue_prefix, config.delivery_limit)
+
+
+def build(config: settings.Settings) -> Components:
+    """Everything the web service and the dispatcher use (a worker needs no database)."""
+    engine = db.make_engine(config.database_url)
+    if config.auto_migrate:
+        db.upgrade(engine)
+    return Components(
+        config, engine, db.sessions(engine), Storage(config.storage_url), broker(config)
+    )
+
+
+def fail(message: str) -> None:
+    print(f"conveyor: {message}", file=sys.stderr)
+    raise SystemExit(1)

@@ -1,0 +1,195 @@
+"""Settings: read once from the environment by an entry point, then passed down.
+
+Every variable is declared in ``FIELDS`` with its parser and help text, so ``--help``, the
+README table and the validation error all come from one place. A bad value stops start-up
+with one line that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; ``str()`` is one line naming the variable."""
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw.replace("_", ""))
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _broker_url(raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if scheme not in {"amqp", "amqps", "pyamqp", "sqs", "memory"}:
+        raise ValueError(f"unsupported scheme {scheme!r} (use amqp://, amqps://, sqs:// or unset)")
+    return raw
+
+
+def database_url(raw: str) -> str:
+    """Accept the URLs that hosts hand out (``postgres://``) and pin the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    scheme = urlsplit(raw).scheme
+    if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+        raise ValueError(f"unsupported scheme {scheme!r} (use postgresql:// or sqlite:///)")
+    return raw
+
+
+def storage_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
+        return raw.rstrip("/")
+    if parts.scheme == "file":
+        return "file://" + str(Path(parts.netloc + parts.path).resolve())
+    if not parts.scheme:
+        return "file://" + str(Path(raw).resolve())
+    raise ValueError(f"unsupported scheme {parts.scheme!r} (use file:// or s3://)")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _name(raw: str) -> str:
+    if not raw or not all(c.isalnum() or c in "-_" for c in raw):
+        raise ValueError("use letters, digits, '-' and '_' only")
+    return raw
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+def _setting(env: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str | None = _setting(
+        "BROKER_URL", _broker_url, None,
+        "amqp://user:pass@host/vhost or sqs://. Unset: the embedded all-in-one "
+        "(in-process broker; web also runs the dispatcher and a worker).",
+    )  # fmt: skip
+    database_url: str = _setting(
+        "DATABASE_URL", database_url, "sqlite:///var/conveyor.db",
+        "postgresql://user:pass@host/db or sqlite:///path.db.",
+    )  # fmt: skip
+    storage_url: str = _setting(
+        "STORAGE_URL", storage_url, "file://var/storage",
+        "Where uploads, parts and outputs live: file:///dir or s3://bucket/prefix.",
+    )  # fmt: skip
+    host: str = _setting("HOST", _str, "127.0.0.1", "Web: address to bind (0.0.0.0 on hosts).")
+    port: int = _setting("PORT", _positive_int, 8000, "Web: port to listen on.")
+    queue_prefix: str = _setting(
+        "QUEUE_PREFIX", _name, "conveyor", "Prefix of every exchange and queue name."
+    )
+    pool: str = _setting("WORKER_POOL", _name, "shared", "Worker: the pool whose tasks it takes.")
+    concurrency: int = _setting(
+        "WORKER_CONCURRENCY", _positive_int, 1, "Worker: tasks run at once (threads)."
+    )
+    chunk_rows: int = _setting("CHUNK_ROWS", _positive_int, 1000, "Rows per CSV task.")
+    chunk_max_bytes: int = _setting(
+        "CHUNK_MAX_BYTES",
+        _positive_int,
+        8 << 20,
+        "Bytes per CSV task at most (a task closes early).",
+    )
+    max_upload_bytes: int = _setting(
+        "MAX_UPLOAD_BYTES", _positive_int, 2 << 30, "Largest accepted upload; over it, HTTP 413."
+    )
+    max_attempts: int = _setting(
+        "MAX_ATTEMPTS", _positive_int, 5, "Tries of a task with transient errors before it is dead."
+    )
+    retry_base_seconds: float = _setting(
+        "RETRY_BASE_SECONDS", _non_negative_float, 1.0, "First retry delay; doubles per attempt."
+    )
+    retry_max_seconds: float = _setting(
+        "RETRY_MAX_SECONDS", _non_negative_float, 300.0, "Longest retry delay."
+    )
+    delivery_limit: int = _setting(
+        "DELIVERY_LIMIT", _positive_int, 5,
+        "Deliveries of one message (consumer crashes included) before the broker dead-letters it.",
+    )  # fmt: skip
+    shutdown_grace_seconds: float = _setting(
+        "SHUTDOWN_GRACE_SECONDS", _non_negative_float, 30.0,
+        "On SIGTERM, how long in-flight work may finish before it is handed back.",
+    )  # fmt: skip
+    max_row_errors_per_task: int = _setting(
+        "MAX_ROW_ERRORS_PER_TASK", _positive_int, 1000,
+        "Row errors kept in detail per task; the counts stay exact beyond it.",
+    )  # fmt: skip
+    auto_migrate: bool = _setting(
+        "AUTO_MIGRATE", _bool, True, "Run database migrations at start-up."
+    )
+    log_level: str = _setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR.")
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "memory://"
+
+    def replace(self, **changes: Any) -> Settings:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``environ`` (default ``os.environ``); raise SettingsError."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        name = f.metadata["env"]
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            if f.name in {"storage_url"}:
+                values[f.name] = storage_url(f.default)
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw.strip())
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc} (got {raw!r})") from None
+    return Settings(**values)
+
+
+def describe() -> str:
+    """The settings table for ``--help``."""
+    lines = []
+    for f in fields(Settings):
+        default = "unset" if f.default is None else f.default
+        lines.append(f"  {f.metadata['env']:<24} {f.metadata['help']} [default: {default}]")
+    return "\n".join(lines)

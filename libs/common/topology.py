@@ -1,0 +1,122 @@
+"""Queue topology as data: pure functions of names, no I/O.
+
+One direct exchange routes the three kinds of work by routing key:
+
+    job           -> {p}.jobs            jobs to fan out (dispatcher)
+    task.{pool}   -> {p}.tasks.{pool}    task batches (workers of that pool)
+    event         -> {p}.events          results and progress (dispatcher)
+
+Retries go through one delay queue per tier: a fanout exchange ``{p}.retry.{n}s`` feeds a
+queue whose ``x-message-ttl`` is n seconds and which dead-letters back to the main
+exchange with the message's original routing key. (A per-message TTL would block behind
+the head of a shared queue.) Dead letters go to the fanout ``{p}.dlx`` and queue
+``{p}.dead``. Work queues are quorum queues with ``x-delivery-limit``: a message whose
+consumer dies on it again and again is dead-lettered by the broker. ``{p}.control`` is a
+fanout that reaches every live worker (cancellations).
+
+Virtual transports (the embedded ``memory://``) ignore queue arguments; the broker module
+stands in for TTL and DLX there.
+"""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+#: Retry delay tiers in seconds; a delay is rounded down to one of these.
+RETRY_TIERS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+JOB_KEY = "job"
+EVENT_KEY = "event"
+
+
+def task_key(pool: str) -> str:
+    return f"task.{pool}"
+
+
+def main_exchange(prefix: str) -> Exchange:
+    return Exchange(prefix, type="direct", durable=True)
+
+
+def dead_exchange(prefix: str) -> Exchange:
+    return Exchange(f"{prefix}.dlx", type="fanout", durable=True)
+
+
+def retry_exchange(prefix: str, tier: int) -> Exchange:
+    return Exchange(f"{prefix}.retry.{tier}s", type="fanout", durable=True)
+
+
+def control_exchange(prefix: str) -> Exchange:
+    return Exchange(f"{prefix}.control", type="fanout", durable=True)
+
+
+def _work_queue(prefix: str, name: str, key: str, delivery_limit: int) -> Queue:
+    return Queue(
+        name,
+        exchange=main_exchange(prefix),
+        routing_key=key,
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": delivery_limit,
+            "x-dead-letter-exchange": dead_exchange(prefix).name,
+        },
+    )
+
+
+def job_queue(prefix: str, delivery_limit: int) -> Queue:
+    return _work_queue(prefix, f"{prefix}.jobs", JOB_KEY, delivery_limit)
+
+
+def task_queue(prefix: str, pool: str, delivery_limit: int) -> Queue:
+    return _work_queue(prefix, f"{prefix}.tasks.{pool}", task_key(pool), delivery_limit)
+
+
+def event_queue(prefix: str, delivery_limit: int) -> Queue:
+    return _work_queue(prefix, f"{prefix}.events", EVENT_KEY, delivery_limit)
+
+
+def dead_queue(prefix: str) -> Queue:
+    return Queue(f"{prefix}.dead", exchange=dead_exchange(prefix), durable=True)
+
+
+def retry_queue(prefix: str, tier: int) -> Queue:
+    return Queue(
+        f"{prefix}.retry.{tier}s",
+        exchange=retry_exchange(prefix, tier),
+        durable=True,
+        queue_arguments={
+            "x-message-ttl": tier * 1000,
+            "x-dead-letter-exchange": main_exchange(prefix).name,
+        },
+    )
+
+
+def control_queue(prefix: str, worker_id: str) -> Queue:
+    """Each worker's private queue on the control fanout; gone when the worker is."""
+    return Queue(
+        f"{prefix}.control.{worker_id}",
+        exchange=control_exchange(prefix),
+        durable=False,
+        exclusive=True,
+        auto_delete=True,
+    )
+
+
+def tier_for(delay: float) -> int:
+    """The largest tier not above ``delay`` (the smallest tier for shorter delays)."""
+    chosen = RETRY_TIERS[0]
+    for tier in RETRY_TIERS:
+        if tier <= delay:
+            chosen = tier
+    return chosen
+
+
+def all_queues(prefix: str, pools: tuple[str, ...], delivery_limit: int) -> list[Queue]:
+    """Everything a fresh broker needs, for provisioning and for start-up declaration."""
+    return [
+        job_queue(prefix, delivery_limit),
+        event_queue(prefix, delivery_limit),
+        dead_queue(prefix),
+        *(task_queue(prefix, pool, delivery_limit) for pool in pools),
+        *(retry_queue(prefix, tier) for tier in RETRY_TIERS),
+    ]

@@ -1,0 +1,109 @@
+"""The Litestar application: the API, the UI page and the outbox relay.
+
+In the embedded all-in-one (no ``BROKER_URL``), the app's lifespan also runs the
+dispatcher and one worker in this process, on the in-process broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio.to_thread
+from litestar import Litestar, MediaType, get
+from litestar.datastructures import State
+from litestar.openapi.config import OpenAPIConfig
+from litestar.response import Response
+
+from libs.common import db
+from libs.common.outbox import Relay
+from libs.common.runtime import Components
+from services.dispatcher.service import Dispatcher
+from services.web.jobs_api import JobsController
+from services.worker.worker import Worker
+
+log = logging.getLogger(__name__)
+UI = Path(__file__).with_name("ui") / "index.html"
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(state: State) -> Response[dict[str, str]]:
+    """The database and the broker are reachable (503 names what is not)."""
+    c: Components = state.components
+    checks: dict[str, str] = {}
+    for name, probe in (("database", lambda: db.ping(c.engine)), ("broker", c.broker.ping)):
+        try:
+            await anyio.to_thread.run_sync(probe)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unreachable: {type(exc).__name__}: {exc}"[:300]
+    ok = all(v == "ok" for v in checks.values())
+    return Response(
+        {"status": "ready" if ok else "unavailable", **checks}, status_code=200 if ok else 503
+    )
+
+
+@get("/", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
+def index() -> str:
+    return UI.read_text(encoding="utf-8")
+
+
+def create_app(components: Components, *, embedded: bool | None = None) -> Litestar:
+    embedded = components.settings.embedded if embedded is None else embedded
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        relay = Relay(components.sessions, components.broker)
+        app.state.relay = relay
+        background = _Embedded(components) if embedded else None
+        if background:
+            background.start()
+        relay.start()
+        try:
+            yield
+        finally:
+            relay.stop()
+            if background:
+                await anyio.to_thread.run_sync(background.stop)
+
+    return Litestar(
+        route_handlers=[JobsController, healthz, readyz, index],
+        state=State({"components": components}),
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="Conveyor", version="0.1.0", path="/schema"),
+        logging_config=None,
+    )
+
+
+class _Embedded:
+    """The dispatcher and a worker, in this process, for the all-in-one default."""
+
+    def __init__(self, components: Components) -> None:
+        c = components
+        self.dispatcher = Dispatcher(c.settings, c.sessions, c.storage, c.broker)
+        self.worker = Worker(c.settings, c.storage, c.broker)
+        self._thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
+
+    def start(self) -> None:
+        log.info(
+            "embedded mode (no BROKER_URL): running the dispatcher and a worker in this process",
+            extra={"action": "embedded"},
+        )
+        self.dispatcher.start()
+        self.dispatcher.loops[0].connected.wait(10)  # topology declared before workers bind
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.worker.request_stop()
+        self._thread.join(self.worker.settings.shutdown_grace_seconds + 5)
+        self.dispatcher.stop.set()
+        self.dispatcher.join(5)

@@ -1,0 +1,151 @@
+"""The jobs API: validate, call a lifecycle function, return. Thin by design."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+import anyio.to_thread
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Parameter
+from litestar.response import Response, Stream
+from sqlalchemy import func, select
+
+from libs.common import jobs, mapping
+from libs.common.models import COMPLETED, ItemError, Job
+from libs.common.runtime import Components
+from services.web import schemas, upload
+
+Limit = Annotated[int, Parameter(ge=1, le=1000)]
+Offset = Annotated[int, Parameter(ge=0)]
+
+
+def _components(state: State) -> Components:
+    return state.components  # type: ignore[no-any-return]
+
+
+def _job(c: Components, job_id: str) -> Job:
+    with c.sessions() as session:
+        job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundException(detail=f"no job with id {job_id!r}")
+    return job
+
+
+class JobsController(Controller):
+    path = "/api/jobs"
+
+    @post("/csv", status_code=202, request_max_body_size=None)
+    async def submit_csv(self, request: Request, state: State) -> Response[schemas.JobView]:
+        """Upload a CSV (multipart field `file`) with an optional JSON `mapping` spec."""
+        c = _components(state)
+        job_id = jobs.new_job_id()
+        key = jobs.upload_key(job_id)
+        received = await upload.receive(
+            request.stream(), request.headers.get("content-type", ""), c.storage, key,
+            c.settings.max_upload_bytes,
+        )  # fmt: skip
+        try:
+            spec = mapping.parse_spec(received.mapping)
+            spec.check_header(received.header)
+        except mapping.SpecError as exc:
+            await anyio.to_thread.run_sync(c.storage.delete, key)
+            raise upload.unprocessable(f"invalid mapping spec: {exc}") from None
+        job = await anyio.to_thread.run_sync(_create, c, job_id, received, spec.to_json())
+        state.relay.wake()
+        return Response(
+            schemas.job_view(job), status_code=202, headers={"Location": f"/api/jobs/{job_id}"}
+        )
+
+    @get("/", sync_to_thread=True)
+    def list_jobs(self, state: State, limit: Limit = 50, offset: Offset = 0) -> schemas.JobPage:
+        """Jobs, newest first."""
+        with _components(state).sessions() as session:
+            total = session.scalar(select(func.count()).select_from(Job)) or 0
+            rows = session.scalars(
+                select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+            ).all()
+        return schemas.JobPage([schemas.job_view(j) for j in rows], total, limit, offset)
+
+    @get("/{job_id:str}", sync_to_thread=True)
+    def get_job(self, state: State, job_id: str) -> schemas.JobView:
+        return schemas.job_view(_job(_components(state), job_id))
+
+    @get("/{job_id:str}/errors", sync_to_thread=True)
+    def get_errors(
+        self, state: State, job_id: str, limit: Limit = 100, offset: Offset = 0
+    ) -> schemas.ErrorPage:
+        """Row-level errors in row order: row number (1 = first data row), column, reason."""
+        c = _components(state)
+        _job(c, job_id)
+        with c.sessions() as session:
+            where = ItemError.job_id == job_id
+            total = session.scalar(select(func.count()).where(where)) or 0
+            rows = session.scalars(
+                select(ItemError).where(where).order_by(ItemError.row, ItemError.id)
+                .limit(limit).offset(offset)
+            ).all()  # fmt: skip
+        items = [schemas.RowErrorView(e.row, e.column, e.reason) for e in rows]
+        return schemas.ErrorPage(items, total, limit, offset)
+
+    @get("/{job_id:str}/output", sync_to_thread=True)
+    def get_output(self, state: State, job_id: str) -> Stream:
+        """The mapped CSV, in input order; 409 until the job is completed."""
+        c = _components(state)
+        job = _job(c, job_id)
+        if job.state != COMPLETED or not job.output:
+            raise HTTPException(
+                status_code=409, detail=f"the output is not ready: the job is {job.state}"
+            )
+        name = (job.params.get("filename") or "output.csv").rsplit(".", 1)[0] + "-mapped.csv"
+        return Stream(
+            _read_blocks(c, job.output),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{_safe(name)}"'},
+        )
+
+    @post("/{job_id:str}/cancel", status_code=202, sync_to_thread=True)
+    def cancel_job(self, state: State, job_id: str) -> schemas.JobView:
+        c = _components(state)
+        with c.sessions() as session, session.begin():
+            job = _lifecycle(lambda: jobs.cancel(session, job_id), job_id)
+        state.relay.wake()
+        return schemas.job_view(job)
+
+    @post("/{job_id:str}/retry", status_code=202, sync_to_thread=True)
+    def retry_job(self, state: State, job_id: str) -> schemas.RetryView:
+        """Queue the job's dead-lettered tasks again."""
+        c = _components(state)
+        with c.sessions() as session, session.begin():
+            count = _lifecycle(lambda: jobs.retry_dead(session, job_id), job_id)
+        state.relay.wake()
+        return schemas.RetryView(job_id, count)
+
+
+def _lifecycle(fn, job_id: str):  # type: ignore[no-untyped-def]
+    try:
+        return fn()
+    except LookupError:
+        raise NotFoundException(detail=f"no job with id {job_id!r}") from None
+    except jobs.JobStateError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+
+
+def _create(c: Components, job_id: str, received: upload.Upload, spec_json: str) -> Job:
+    with c.sessions() as session, session.begin():
+        return jobs.create_csv_job(
+            session, job_id=job_id, source_bytes=received.size, header=received.header,
+            spec_json=spec_json, filename=received.filename,
+        )  # fmt: skip
+
+
+def _read_blocks(c: Components, key: str) -> Iterator[bytes]:
+    with c.storage.open_read(key) as stream:
+        while block := stream.read(1 << 20):
+            yield block
+
+
+def _safe(name: str) -> str:
+    return "".join(ch for ch in name if ch.isalnum() or ch in "._- ")[:200] or "output.csv"

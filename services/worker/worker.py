@@ -1,0 +1,212 @@
+"""The worker: consumes its pool's task queue and runs handlers off the connection's thread.
+
+The loop thread owns the connection. It hands each task to a thread pool and settles
+finished ones in ``_tick``: publish the result (confirmed), then ack; or retry through
+the delay queues, or dead-letter with the cause. Stopping is one sequence: stop fetching,
+let in-flight tasks finish within the grace period, then close, so the broker hands back
+whatever was not acked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import msgspec
+from kombu import Queue
+from kombu.message import Message
+
+from libs.common import messages, topology
+from libs.common.broker import Broker
+from libs.common.consuming import ConsumeLoop, Session
+from libs.common.retry import DeadLetter, RetryPolicy, decide, describe
+from libs.common.settings import Settings
+from libs.common.storage import Storage
+from services.worker.csv_map import handle_csv
+
+log = logging.getLogger(__name__)
+
+MAX_REMEMBERED_CANCELS = 10_000
+
+
+@dataclass
+class InFlight:
+    session: Session
+    message: Message
+    env: messages.Envelope
+    future: Future[messages.TaskResult]
+
+
+@dataclass
+class Options:
+    name: str | None = None
+    drain: bool = False
+    max_idle: float | None = None
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, storage: Storage, broker: Broker, options: Options | None = None
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.broker = broker
+        self.options = options or Options()
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.name = self.options.name or self.id
+        self.policy = RetryPolicy(
+            settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
+        )
+        self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="task")
+        self.in_flight: list[InFlight] = []
+        self.cancelled: OrderedDict[str, None] = OrderedDict()
+        self.stopping = threading.Event()
+        self.processed = self.failed = 0
+        self._idle_since = time.monotonic()
+        self._deadline: float | None = None
+        self.loop = ConsumeLoop(
+            broker, f"worker {self.name}", self._queues, self._on_message,
+            prefetch=settings.concurrency, tick=self._tick, on_connect=self._on_connect,
+            wait_seconds=self._wait_seconds,
+        )  # fmt: skip
+
+    @property
+    def task_queue(self) -> Queue:
+        return topology.task_queue(
+            self.broker.prefix, self.settings.pool, self.broker.delivery_limit
+        )
+
+    def _queues(self) -> list[Queue]:
+        return [self.task_queue, topology.control_queue(self.broker.prefix, self.id)]
+
+    def run(self) -> None:
+        """Consume until stopped; returns after the shutdown sequence."""
+        log.info(
+            "worker %s taking tasks from pool %r", self.name, self.settings.pool,
+            extra={"action": "worker_start"},
+        )  # fmt: skip
+        try:
+            self.loop.run()
+        finally:
+            unfinished = [f for f in self.in_flight if not f.future.done()]
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            if unfinished:
+                log.warning(
+                    "handed back %d unfinished tasks to the broker", len(unfinished),
+                    extra={"action": "handed_back"},
+                )  # fmt: skip
+            log.info(
+                "worker stopped: %d done, %d failed", self.processed, self.failed,
+                extra={"action": "worker_stop"},
+            )  # fmt: skip
+
+    @property
+    def unfinished(self) -> int:
+        return sum(1 for f in self.in_flight if not f.future.done())
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    # -- loop callbacks (the loop's own thread) -------------------------------------------
+    def _on_connect(self, session: Session) -> None:
+        self.broker.declare_pool(session.conn, self.settings.pool)
+        # Tasks taken on a lost connection will be redelivered; don't ack them here.
+        self.in_flight = [f for f in self.in_flight if not f.future.done()]
+
+    def _on_message(self, session: Session, message: Message) -> None:
+        self._idle_since = time.monotonic()
+        try:
+            env = messages.decode(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            session.publisher.dead_letter(message, f"undecodable message: {exc}")
+            return
+        body = env.body
+        if isinstance(body, messages.JobCancelled):
+            self._remember_cancel(env.job_id)
+            message.ack()
+        elif env.job_id in self.cancelled:
+            message.ack()  # the dispatcher already marked the job's queued tasks cancelled
+        elif isinstance(body, messages.CsvTask):
+            future = self.executor.submit(
+                handle_csv, body, self.storage, worker=self.name,
+                max_errors=self.settings.max_row_errors_per_task,
+            )  # fmt: skip
+            self.in_flight.append(InFlight(session, message, env, future))
+        else:
+            session.publisher.dead_letter(message, f"no handler for {type(body).__name__}")
+
+    def _wait_seconds(self) -> float:
+        """Don't block on the socket while tasks run: ``_tick`` waits on them instead."""
+        return 0.0 if self.in_flight else 0.5
+
+    def _tick(self, session: Session) -> None:
+        if self.in_flight:
+            full = len(self.in_flight) >= self.settings.concurrency
+            wait([f.future for f in self.in_flight], 0.25 if full else 0.02, FIRST_COMPLETED)
+        for item in [f for f in self.in_flight if f.future.done()]:
+            self.in_flight.remove(item)
+            self._settle(session, item)
+            self._idle_since = time.monotonic()
+        if self.stopping.is_set():
+            self._shutdown_step()
+        elif self.in_flight:
+            self._idle_since = time.monotonic()
+        elif self._idle_done(session):
+            log.info("queue drained / idle; stopping", extra={"action": "idle_stop"})
+            self.stopping.set()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _settle(self, session: Session, item: InFlight) -> None:
+        env = item.env
+        extra = {"job_id": env.job_id, "task_id": getattr(env.body, "task_id", None),
+                 "attempt": env.attempt}  # fmt: skip
+        current = item.session is session
+        try:
+            result = item.future.result()
+        except Exception as exc:
+            if not current:
+                return
+            decision = decide(env.attempt, exc, self.policy)
+            log.warning("task failed: %s", describe(exc), extra={**extra, "action": "task_error"})
+            if isinstance(decision, DeadLetter):
+                self.failed += 1
+                session.publisher.dead_letter(item.message, decision.cause)
+            else:
+                session.publisher.retry(item.message, env, decision.delay)
+            return
+        session.publisher.event(messages.envelope(env.job_id, result))
+        if current:
+            item.message.ack()
+        self.processed += 1
+        log.debug("task done", extra={**extra, "action": "task_done"})
+
+    def _shutdown_step(self) -> None:
+        if self._deadline is None:
+            self.loop.cancel_consumer()
+            self._deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+            log.info(
+                "stopping: finishing %d tasks in flight", self.unfinished,
+                extra={"action": "stopping"},
+            )  # fmt: skip
+        if not self.in_flight or time.monotonic() >= self._deadline:
+            self.loop.stop.set()
+
+    def _idle_done(self, session: Session) -> bool:
+        idle = time.monotonic() - self._idle_since
+        if self.options.max_idle is not None and idle >= self.options.max_idle:
+            return True
+        if self.options.drain and idle >= 1.0:
+            return self.broker.queue_depth(session.conn, self.task_queue.name) == 0
+        return False
+
+    def _remember_cancel(self, job_id: str) -> None:
+        self.cancelled[job_id] = None
+        while len(self.cancelled) > MAX_REMEMBERED_CANCELS:
+            self.cancelled.popitem(last=False)
