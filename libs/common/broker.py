@@ -100,7 +100,11 @@ def dead_cause(message: Message) -> str:
 
 
 class Publisher:
-    """Publishes envelopes with confirms. Not thread-safe: one per connection-owning thread."""
+    """Publishes envelopes with confirms. Not thread-safe: one per connection-owning thread.
+
+    On RabbitMQ every publish is ``mandatory``: a message no queue would take comes back
+    as ``NO_ROUTE`` and raises (a channel error), so the caller retries instead of losing it.
+    """
 
     def __init__(self, broker: Broker, conn: Connection) -> None:
         self.broker = broker
@@ -123,6 +127,7 @@ class Publisher:
             content_encoding="utf-8",
             delivery_mode=2,
             headers=headers or {},
+            mandatory=self.broker.kind == "amqp",  # no queue for it: raise, never drop
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
         )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kombu import Connection, Consumer, Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.message import Message
 
 from libs.common.broker import Broker, Publisher
@@ -54,7 +55,9 @@ class ConsumeLoop:
 
     def run(self) -> None:
         probe = self.broker.connection()  # lazy: only to learn this transport's error types
-        recoverable = (OSError, *probe.connection_errors, *probe.channel_errors)
+        recoverable = (
+            OSError, KombuOperationalError, *probe.connection_errors, *probe.channel_errors
+        )  # fmt: skip
         backoff = 0.5
         while not self.stop.is_set():
             try:

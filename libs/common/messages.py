@@ -96,4 +96,4 @@ def decode(data: bytes | str) -> Envelope:
 
 def task_id(job_id: str, seq: int) -> str:
     """Deterministic: a re-published chunk has the same id, so its effects are keyed by it."""
-    return f"{job_id}-{seq:06d}"
+    return f"{job_id}-{seq:08d}"

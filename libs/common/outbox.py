@@ -77,6 +77,7 @@ class Relay:
             try:
                 with self._broker.connection() as conn:
                     conn.ensure_connection(max_retries=1, timeout=5)
+                    self._broker.declare(conn)
                     publisher = Publisher(self._broker, conn)
                     self.healthy.set()
                     self._loop(publisher)

@@ -7,6 +7,7 @@ with one line that names the variable.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -28,8 +29,15 @@ def _positive_int(raw: str) -> int:
 
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
-    if value < 0:
-        raise ValueError("must be zero or more")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number, zero or more")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 65535:
+        raise ValueError("must be a TCP port, 1 to 65535")
     return value
 
 
@@ -67,7 +75,8 @@ def storage_url(raw: str) -> str:
             raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
         return raw.rstrip("/")
     if parts.scheme == "file":
-        return "file://" + str(Path(parts.netloc + parts.path).resolve())
+        host = "" if parts.netloc == "localhost" else parts.netloc  # file://dir is relative
+        return "file://" + str(Path(host + parts.path).resolve())
     if not parts.scheme:
         return "file://" + str(Path(raw).resolve())
     raise ValueError(f"unsupported scheme {parts.scheme!r} (use file:// or s3://)")
@@ -110,7 +119,7 @@ class Settings:
         "Where uploads, parts and outputs live: file:///dir or s3://bucket/prefix.",
     )  # fmt: skip
     host: str = _setting("HOST", _str, "127.0.0.1", "Web: address to bind (0.0.0.0 on hosts).")
-    port: int = _setting("PORT", _positive_int, 8000, "Web: port to listen on.")
+    port: int = _setting("PORT", _port, 8000, "Web: port to listen on.")
     queue_prefix: str = _setting(
         "QUEUE_PREFIX", _name, "conveyor", "Prefix of every exchange and queue name."
     )

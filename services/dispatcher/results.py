@@ -30,8 +30,13 @@ from libs.common.storage import Storage
 log = logging.getLogger(__name__)
 
 
-def _transition(session: Session, task_id: str, **values: object) -> Task | None:
-    """Move a queued task to a final state; None when it was not queued (a duplicate)."""
+def _transition(session: Session, job_id: str, task_id: str, **values: object) -> Task | None:
+    """Move a queued task to a final state; None when it was not queued (a duplicate).
+
+    Locks the job row first, the order every writer uses (job, then its tasks), so a
+    cancel or retry racing with results waits instead of deadlocking.
+    """
+    session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
     moved = session.execute(
         update(Task)
         .where(Task.id == task_id, Task.state == T_QUEUED)
@@ -44,8 +49,9 @@ def _transition(session: Session, task_id: str, **values: object) -> Task | None
 
 def record_result(session: Session, env: messages.Envelope, result: messages.TaskResult) -> bool:
     task = _transition(
-        session, result.task_id, state=T_DONE, worker=result.worker, rows_out=result.rows_out,
-        rows_failed=result.rows_failed, rows_filtered=result.rows_filtered,
+        session, env.job_id, result.task_id, state=T_DONE, worker=result.worker,
+        rows_out=result.rows_out, rows_failed=result.rows_failed,
+        rows_filtered=result.rows_filtered,
     )  # fmt: skip
     if task is None:
         return False
@@ -73,7 +79,7 @@ def record_result(session: Session, env: messages.Envelope, result: messages.Tas
 
 
 def record_dead(session: Session, job_id: str, task_id: str, cause: str) -> bool:
-    task = _transition(session, task_id, state=T_DEAD, error=cause)
+    task = _transition(session, job_id, task_id, state=T_DEAD, error=cause)
     if task is None:
         return False
     session.execute(

@@ -6,6 +6,10 @@ this process too, on an in-process broker, with SQLite and a local folder by def
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
+
 import uvicorn
 
 from libs.common import runtime
@@ -22,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     components = runtime.build(settings)
     mode = "embedded all-in-one (web + dispatcher + worker)" if settings.embedded else "web only"
     print(f"conveyor web: {mode} on http://{settings.host}:{settings.port}", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(components),
         host=settings.host,
         port=settings.port,
@@ -30,7 +34,26 @@ def main(argv: list[str] | None = None) -> int:
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
-    return 0
+    server = _Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    """SIGTERM/SIGINT end a graceful shutdown and exit 0 (uvicorn would re-raise them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def on_signal(signum: int, _frame: object) -> None:
+            self.force_exit = self.should_exit  # a second signal: stop waiting
+            self.should_exit = True
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

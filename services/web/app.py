@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio.to_thread
-from litestar import Litestar, MediaType, get
+from litestar import Litestar, MediaType, Request, get
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 from litestar.response import Response
@@ -27,6 +27,16 @@ from services.worker.worker import Worker
 
 log = logging.getLogger(__name__)
 UI = Path(__file__).with_name("ui") / "index.html"
+
+
+def internal_error(request: Request, exc: Exception) -> Response[dict[str, object]]:
+    """Log the traceback for the operator; the user gets a short, honest message."""
+    log.error(
+        "unhandled error on %s %s", request.method, request.url.path, exc_info=exc,
+        extra={"action": "http_500"},
+    )  # fmt: skip
+    detail = "internal error: the server log has the details"
+    return Response({"status_code": 500, "detail": detail}, status_code=500)
 
 
 @get("/healthz", sync_to_thread=False)
@@ -81,6 +91,7 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="Conveyor", version="0.1.0", path="/schema"),
         logging_config=None,
+        exception_handlers={500: internal_error},
     )
 
 

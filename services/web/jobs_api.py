@@ -9,7 +9,7 @@ import anyio.to_thread
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 from litestar.response import Response, Stream
 from sqlalchemy import func, select
 
@@ -26,7 +26,7 @@ def _components(state: State) -> Components:
     return state.components  # type: ignore[no-any-return]
 
 
-def _job(c: Components, job_id: str) -> Job:
+def _job(c: Components, job_id: FromPath[str]) -> Job:
     with c.sessions() as session:
         job = session.get(Job, job_id)
     if job is None:
@@ -53,7 +53,11 @@ class JobsController(Controller):
         except mapping.SpecError as exc:
             await anyio.to_thread.run_sync(c.storage.delete, key)
             raise upload.unprocessable(f"invalid mapping spec: {exc}") from None
-        job = await anyio.to_thread.run_sync(_create, c, job_id, received, spec.to_json())
+        try:
+            job = await anyio.to_thread.run_sync(_create, c, job_id, received, spec.to_json())
+        except BaseException:
+            await anyio.to_thread.run_sync(c.storage.delete, key)
+            raise
         state.relay.wake()
         return Response(
             schemas.job_view(job), status_code=202, headers={"Location": f"/api/jobs/{job_id}"}
@@ -70,12 +74,12 @@ class JobsController(Controller):
         return schemas.JobPage([schemas.job_view(j) for j in rows], total, limit, offset)
 
     @get("/{job_id:str}", sync_to_thread=True)
-    def get_job(self, state: State, job_id: str) -> schemas.JobView:
+    def get_job(self, state: State, job_id: FromPath[str]) -> schemas.JobView:
         return schemas.job_view(_job(_components(state), job_id))
 
     @get("/{job_id:str}/errors", sync_to_thread=True)
     def get_errors(
-        self, state: State, job_id: str, limit: Limit = 100, offset: Offset = 0
+        self, state: State, job_id: FromPath[str], limit: Limit = 100, offset: Offset = 0
     ) -> schemas.ErrorPage:
         """Row-level errors in row order: row number (1 = first data row), column, reason."""
         c = _components(state)
@@ -91,7 +95,7 @@ class JobsController(Controller):
         return schemas.ErrorPage(items, total, limit, offset)
 
     @get("/{job_id:str}/output", sync_to_thread=True)
-    def get_output(self, state: State, job_id: str) -> Stream:
+    def get_output(self, state: State, job_id: FromPath[str]) -> Stream:
         """The mapped CSV, in input order; 409 until the job is completed."""
         c = _components(state)
         job = _job(c, job_id)
@@ -107,7 +111,7 @@ class JobsController(Controller):
         )
 
     @post("/{job_id:str}/cancel", status_code=202, sync_to_thread=True)
-    def cancel_job(self, state: State, job_id: str) -> schemas.JobView:
+    def cancel_job(self, state: State, job_id: FromPath[str]) -> schemas.JobView:
         c = _components(state)
         with c.sessions() as session, session.begin():
             job = _lifecycle(lambda: jobs.cancel(session, job_id), job_id)
@@ -115,7 +119,7 @@ class JobsController(Controller):
         return schemas.job_view(job)
 
     @post("/{job_id:str}/retry", status_code=202, sync_to_thread=True)
-    def retry_job(self, state: State, job_id: str) -> schemas.RetryView:
+    def retry_job(self, state: State, job_id: FromPath[str]) -> schemas.RetryView:
         """Queue the job's dead-lettered tasks again."""
         c = _components(state)
         with c.sessions() as session, session.begin():
@@ -124,7 +128,7 @@ class JobsController(Controller):
         return schemas.RetryView(job_id, count)
 
 
-def _lifecycle(fn, job_id: str):  # type: ignore[no-untyped-def]
+def _lifecycle(fn, job_id: FromPath[str]):  # type: ignore[no-untyped-def]
     try:
         return fn()
     except LookupError:
@@ -133,7 +137,7 @@ def _lifecycle(fn, job_id: str):  # type: ignore[no-untyped-def]
         raise HTTPException(status_code=409, detail=str(exc)) from None
 
 
-def _create(c: Components, job_id: str, received: upload.Upload, spec_json: str) -> Job:
+def _create(c: Components, job_id: FromPath[str], received: upload.Upload, spec_json: str) -> Job:
     with c.sessions() as session, session.begin():
         return jobs.create_csv_job(
             session, job_id=job_id, source_bytes=received.size, header=received.header,

@@ -147,6 +147,8 @@ class _Receiver:
             self.filename = segment.filename or "upload.csv"
             self.sink = await anyio.to_thread.run_sync(_Sink, self.storage, self.key)
         else:
+            if self.spec is not None:
+                raise unprocessable("send at most one 'mapping' field")
             self.spec = bytearray()
 
     async def _flush(self) -> None:
@@ -157,13 +159,13 @@ class _Receiver:
     async def finish(self) -> Upload:
         if self.sink is None:
             raise unprocessable("the form has no 'file' field with the CSV")
-        await self._flush()
-        header = await anyio.to_thread.run_sync(self.sink.commit)
-        self.sink = None
         try:
             spec = self.spec.decode("utf-8") if self.spec is not None else None
         except UnicodeDecodeError:
             raise unprocessable("the mapping spec is not valid UTF-8") from None
+        await self._flush()
+        header = await anyio.to_thread.run_sync(self.sink.commit)
+        self.sink = None
         return Upload(header, self.size, self.filename, spec)
 
     async def abort(self) -> None:

@@ -27,7 +27,8 @@ def handle_csv(
     out: list[list[str]] = []
     errors: list[messages.RowError] = []
     rows_in = failed = filtered = 0
-    for row_number, fields, problem in csvfile.iter_records(data, task.first_row):
+    records = csvfile.iter_records(data, task.first_row, offset=task.start)
+    for row_number, fields, problem in records:
         rows_in += 1
         if fields is None:
             failed += 1

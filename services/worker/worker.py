@@ -116,7 +116,7 @@ class Worker:
 
     # -- loop callbacks (the loop's own thread) -------------------------------------------
     def _on_connect(self, session: Session) -> None:
-        self.broker.declare_pool(session.conn, self.settings.pool)
+        self.broker.declare(session.conn, pools=(self.settings.pool,))
         # Tasks taken on a lost connection will be redelivered; don't ack them here.
         self.in_flight = [f for f in self.in_flight if not f.future.done()]
 
