@@ -1,0 +1,167 @@
+"""Run Conveyor's real entry points as processes and talk to them over HTTP.
+
+Every wait polls a condition with a deadline; every process is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def make_csv(path: Path, rows: int, *, bad_every: int = 0) -> None:
+    """``id,name,age,note``: ages are invalid every ``bad_every`` rows; some notes span lines."""
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", "name", "age", "note"])
+        for i in range(rows):
+            age = "unknown" if bad_every and i % bad_every == 0 else str(20 + i % 50)
+            note = 'two\nlines, "quoted"' if i % 997 == 0 else "plain"
+            writer.writerow([i, f"  name {i} ", age, note])
+
+
+SPEC = (
+    '{"columns": [{"name": "id", "type": "int"}, {"name": "name", "trim": true, "case": "upper"},'
+    ' {"name": "age", "type": "int"}, {"name": "note"}]}'
+)
+
+
+def expected_output(rows: int, *, bad_every: int = 0) -> list[list[str]]:
+    out = [["id", "name", "age", "note"]]
+    for i in range(rows):
+        if bad_every and i % bad_every == 0:
+            continue
+        note = 'two\nlines, "quoted"' if i % 997 == 0 else "plain"
+        out.append([str(i), f"NAME {i}", str(20 + i % 50), note])
+    return out
+
+
+@dataclass
+class Services:
+    """The three entry points as processes, sharing one environment."""
+
+    tmp: Path
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @classmethod
+    def configure(cls, tmp: Path, **settings: str) -> Services:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "DATABASE_"))}
+        env.update(
+            PORT=str(free_port()),
+            STORAGE_URL=str(tmp / "storage"),
+            QUEUE_PREFIX=f"e{uuid.uuid4().hex[:10]}",
+            LOG_LEVEL="INFO",
+            SHUTDOWN_GRACE_SECONDS="20",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(settings)
+        return cls(tmp, env)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.env['PORT']}"
+
+    def start(self, name: str, module: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{name}.log").open("wb")
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.procs[name] = proc
+        return proc
+
+    def start_web(self) -> None:
+        self.start("web", "services.web")
+        wait_for(self._ready, 60, f"{self.base}/readyz\n{self.logs()}")
+
+    def _ready(self) -> bool:
+        if self.procs["web"].poll() is not None:
+            raise AssertionError(f"web exited early\n{self.logs()}")
+        try:
+            return httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def logs(self, lines: int = 30) -> str:
+        parts = []
+        for name in self.procs:
+            text = (self.tmp / f"{name}.log").read_text(errors="replace").splitlines()
+            parts.append(f"--- {name} ---\n" + "\n".join(text[-lines:]))
+        return "\n".join(parts)
+
+    def submit(self, path: Path, mapping: str | None = SPEC) -> str:
+        with path.open("rb") as f:
+            data = {"mapping": mapping} if mapping else {}
+            response = httpx.post(
+                f"{self.base}/api/jobs/csv", files={"file": (path.name, f)}, data=data, timeout=120
+            )
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.base}/api/jobs/{job_id}", timeout=10)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_state(self, job_id: str, states: set[str], timeout: float = 180) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["state"] in states else None
+
+        return dict(wait_for(reached, timeout, f"job {job_id} to reach {states}\n{self.logs()}"))
+
+    def output_rows(self, job_id: str) -> list[list[str]]:
+        response = httpx.get(f"{self.base}/api/jobs/{job_id}/output", timeout=120)
+        assert response.status_code == 200, response.text
+        return list(csv.reader(io.StringIO(response.text, newline="")))
+
+    def errors(self, job_id: str, limit: int = 1000) -> dict[str, Any]:
+        response = httpx.get(f"{self.base}/api/jobs/{job_id}/errors?limit={limit}", timeout=10)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def stop_all(self, timeout: float = 30) -> dict[str, int | None]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait(10)
+        for log in self._logs:
+            log.close()
+        return codes
