@@ -47,9 +47,9 @@ def _transition(session: Session, job_id: str, task_id: str, **values: object) -
     return session.get(Task, task_id)
 
 
-def record_result(session: Session, env: messages.Envelope, result: messages.TaskResult) -> bool:
+def record_result(session: Session, job_id: str, result: messages.TaskResult) -> bool:
     task = _transition(
-        session, env.job_id, result.task_id, state=T_DONE, worker=result.worker,
+        session, job_id, result.task_id, state=T_DONE, worker=result.worker,
         rows_out=result.rows_out, rows_failed=result.rows_failed,
         rows_filtered=result.rows_filtered,
     )  # fmt: skip
@@ -58,7 +58,7 @@ def record_result(session: Session, env: messages.Envelope, result: messages.Tas
     done = result.rows_in - result.rows_failed - result.rows_filtered
     session.execute(
         update(Job)
-        .where(Job.id == env.job_id)
+        .where(Job.id == job_id)
         .values(
             tasks_done=Job.tasks_done + 1,
             rows_done=Job.rows_done + done,
@@ -70,7 +70,7 @@ def record_result(session: Session, env: messages.Envelope, result: messages.Tas
         session.execute(
             insert(ItemError),
             [
-                {"job_id": env.job_id, "task_id": task.id, "row": e.row, "column": e.column,
+                {"job_id": job_id, "task_id": task.id, "row": e.row, "column": e.column,
                  "reason": e.reason}
                 for e in result.errors
             ],

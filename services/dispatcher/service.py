@@ -118,7 +118,7 @@ class Dispatcher:
         body = env.body
         try:
             if isinstance(body, messages.TaskResult):
-                self._in_tx(lambda s: results.record_result(s, env, body))
+                self._in_tx(lambda s: results.record_result(s, env.job_id, body))
             else:
                 session.publisher.dead_letter(message, f"unexpected {type(body).__name__} event")
                 return
