@@ -148,7 +148,8 @@ class Settings:
     )
     delivery_limit: int = _setting(
         "DELIVERY_LIMIT", _positive_int, 5,
-        "Deliveries of one message (consumer crashes included) before the broker dead-letters it.",
+        "Times a message may come back unacknowledged (a consumer died on it) before the "
+        "broker dead-letters it: at most DELIVERY_LIMIT + 1 deliveries.",
     )  # fmt: skip
     shutdown_grace_seconds: float = _setting(
         "SHUTDOWN_GRACE_SECONDS", _non_negative_float, 30.0,
