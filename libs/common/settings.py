@@ -187,7 +187,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raw = env.get(name)
         if raw is None or raw.strip() == "":
             if f.name in {"storage_url"}:
-                values[f.name] = storage_url(f.default)
+                values[f.name] = storage_url(str(f.default))
             continue
         try:
             values[f.name] = f.metadata["parse"](raw.strip())

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 import smart_open
@@ -62,10 +62,11 @@ class Storage:
         with self.open_write(key) as out:
             out.write(data)
 
-    def open_read(self, key: str) -> IO[bytes]:
+    def open_read(self, key: str) -> BinaryIO:
         """A seekable binary reader; FileNotFoundError when the object is missing."""
         if self._root is None:
-            return smart_open.open(self.url(key), "rb", transport_params=self._params)
+            stream = smart_open.open(self.url(key), "rb", transport_params=self._params)
+            return cast(BinaryIO, stream)
         return open(self._path(key), "rb")
 
     def read_range(self, key: str, start: int, end: int) -> bytes:

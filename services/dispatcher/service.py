@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 import msgspec
+from kombu import Queue
 from kombu.message import Message
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -56,7 +57,10 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self.died = False
 
-    def _loop(self, name: str, queue, handler, prefetch: int) -> ConsumeLoop:  # type: ignore[no-untyped-def]
+    def _loop(
+        self, name: str, queue: Queue, handler: Callable[[BrokerSession, Message], None],
+        prefetch: int,
+    ) -> ConsumeLoop:  # fmt: skip
         return ConsumeLoop(
             self.broker, f"dispatcher.{name}", lambda: [queue], handler,
             prefetch=prefetch, stop=self.stop,

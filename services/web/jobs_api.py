@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar
 
 import anyio.to_thread
 from litestar import Controller, Request, get, post
@@ -18,12 +18,13 @@ from libs.common.models import COMPLETED, ItemError, Job
 from libs.common.runtime import Components
 from services.web import schemas, upload
 
+T = TypeVar("T")
 Limit = Annotated[int, Parameter(ge=1, le=1000)]
 Offset = Annotated[int, Parameter(ge=0)]
 
 
 def _components(state: State) -> Components:
-    return state.components  # type: ignore[no-any-return]
+    return state.components
 
 
 def _job(c: Components, job_id: FromPath[str]) -> Job:
@@ -128,7 +129,7 @@ class JobsController(Controller):
         return schemas.RetryView(job_id, count)
 
 
-def _lifecycle(fn, job_id: FromPath[str]):  # type: ignore[no-untyped-def]
+def _lifecycle(fn: Callable[[], T], job_id: str) -> T:
     try:
         return fn()
     except LookupError:

@@ -125,15 +125,17 @@ class _Receiver:
         elif event is None:
             await self._flush()
             self.field = None
+        elif not isinstance(event, bytes | bytearray):
+            raise unprocessable(f"unexpected multipart event {type(event).__name__}")
         elif self.field == "file":
-            self.size += len(event)  # type: ignore[arg-type]
+            self.size += len(event)
             if self.size > self.limit:
                 raise too_large(self.limit)
-            self.buffer += event  # type: ignore[operator]
+            self.buffer += event
             if len(self.buffer) >= BLOCK:
                 await self._flush()
         elif self.field == "mapping" and self.spec is not None:
-            self.spec += event  # type: ignore[operator]
+            self.spec += event
             if len(self.spec) > MAX_SPEC_BYTES:
                 raise unprocessable(f"the mapping spec exceeds {MAX_SPEC_BYTES} bytes")
 
