@@ -6,6 +6,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+import sqlalchemy.exc
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,8 +51,14 @@ def broker(config: settings.Settings) -> Broker:
 def build(config: settings.Settings) -> Components:
     """Everything the web service and the dispatcher use (a worker needs no database)."""
     engine = db.make_engine(config.database_url)
-    if config.auto_migrate:
-        db.upgrade(engine)
+    try:
+        if config.auto_migrate:
+            db.upgrade(engine)
+        else:
+            db.ping(engine)
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        fail(f"DATABASE_URL: cannot use the database: {reason}")
     return Components(
         config, engine, db.sessions(engine), Storage(config.storage_url), broker(config)
     )

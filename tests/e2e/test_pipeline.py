@@ -73,6 +73,23 @@ def test_worker_killed_mid_job_loses_and_doubles_nothing(
     assert services.output_rows(job_id) == expected_output(100_000)
 
 
+def test_dispatcher_killed_mid_job_resumes_after_restart(
+    services: Services, tmp_path: Path
+) -> None:
+    services.env["CHUNK_ROWS"] = "250"
+    start_pipeline(services)
+    make_csv(tmp_path / "in.csv", 100_000)
+    job_id = services.submit(tmp_path / "in.csv")
+    wait_for(lambda: services.job(job_id)["progress"]["tasks"]["done"] >= 40, 120, "40 tasks")
+    services.procs["dispatcher"].kill()
+    services.procs["dispatcher"].wait(10)
+    services.start("dispatcher2", "services.dispatcher")
+    job = services.wait_state(job_id, {"completed", "failed"})
+    assert job["state"] == "completed", job
+    assert job["progress"]["tasks"] == {"total": 400, "done": 400, "failed": 0}
+    assert services.output_rows(job_id) == expected_output(100_000)
+
+
 def test_sigterm_lets_a_worker_finish_and_exit_zero(services: Services, tmp_path: Path) -> None:
     services.env["CHUNK_ROWS"] = "250"
     start_pipeline(services)
@@ -194,6 +211,11 @@ def test_entry_points_explain_themselves(module: str) -> None:
         ("services.dispatcher", {}, "BROKER_URL: not set"),
         ("services.worker", {}, "BROKER_URL: not set"),
         ("services.worker", {"BROKER_URL": "amqp://x", "WORKER_CONCURRENCY": "-1"}, "WORKER_"),
+        (
+            "services.web",
+            {"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+            "DATABASE_URL: cannot use the database",
+        ),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_one_line(
