@@ -170,16 +170,20 @@ def cast_email(value: str) -> str:
 def make_date_cast(date_format: str, output_format: str | None) -> Step:
     parse = datetime.strptime
 
+    @functools.lru_cache(maxsize=4096)  # dates repeat; strptime is the costliest rule
+    def convert(value: str) -> str:
+        parsed = parse(value, date_format)  # a ValueError is not cached
+        if output_format is None:
+            return parsed.date().isoformat()
+        return parsed.strftime(output_format)
+
     def cast_date(value: str) -> str:
         if not value:
             return value
         try:
-            parsed = parse(value, date_format)
+            return convert(value)
         except ValueError:
             raise RuleFailure(f"{show(value)} does not match date format {date_format!r}") from None
-        if output_format is None:
-            return parsed.date().isoformat()
-        return parsed.strftime(output_format)
 
     return cast_date
 

@@ -127,7 +127,7 @@ class Settings:
     concurrency: int = _setting(
         "WORKER_CONCURRENCY", _positive_int, 1, "Worker: tasks run at once (threads)."
     )
-    chunk_rows: int = _setting("CHUNK_ROWS", _positive_int, 1000, "Rows per CSV task.")
+    chunk_rows: int = _setting("CHUNK_ROWS", _positive_int, 5000, "Rows per CSV task.")
     chunk_max_bytes: int = _setting(
         "CHUNK_MAX_BYTES",
         _positive_int,

@@ -111,6 +111,8 @@ def finish_if_complete(sessions: sessionmaker[Session], storage: Storage, job_id
         job = session.get(Job, job_id)
         if job is None or job.state != RUNNING or not job.fanout_done:
             return False
+        if job.tasks_done + job.tasks_failed < job.tasks_total:  # the counters say: not yet
+            return False
         open_tasks = session.scalar(
             select(func.count()).where(Task.job_id == job_id, Task.state == T_QUEUED)
         )

@@ -23,7 +23,7 @@ def test_defaults_when_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert s.storage_url == f"file://{tmp_path.resolve() / 'var' / 'storage'}"
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert (s.queue_prefix, s.pool, s.concurrency) == ("conveyor", "shared", 1)
-    assert (s.chunk_rows, s.chunk_max_bytes) == (1000, 8 << 20)
+    assert (s.chunk_rows, s.chunk_max_bytes) == (5000, 8 << 20)
     assert s.max_upload_bytes == 2 << 30
     assert (s.max_attempts, s.retry_base_seconds, s.retry_max_seconds) == (5, 1.0, 300.0)
     assert (s.delivery_limit, s.shutdown_grace_seconds) == (5, 30.0)
