@@ -6,6 +6,7 @@ first test that asks for them:
 - ``rabbitmq``: a RabbitMQServer (``.url``, ``.port``, ``.stop()``/``.start()``).
   It is shared: use unique queue names, and leave it running.
 - ``postgres``: a PostgresServer (``.url`` is the ``conveyor`` database).
+- ``moto``: a MotoServer, the SQS + S3 emulator (``.endpoint``, ``.env``).
 - ``pg_url``: SQLAlchemy URL of a fresh, empty database for one test.
 
 Missing server binaries skip the test locally (run scripts/install-servers),
@@ -21,11 +22,11 @@ from typing import TypeVar
 
 import pytest
 
-from tests.servers import PostgresServer, RabbitMQServer, ServerNotInstalled
+from tests.servers import MotoServer, PostgresServer, RabbitMQServer, ServerNotInstalled
 
 # --------------------------------------------------------------------------- servers
 
-_S = TypeVar("_S", RabbitMQServer, PostgresServer)
+_S = TypeVar("_S", RabbitMQServer, PostgresServer, MotoServer)
 
 
 def in_ci() -> bool:
@@ -57,6 +58,12 @@ def rabbitmq() -> Iterator[RabbitMQServer]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     yield from _serve(PostgresServer())
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """moto's standalone server (SQS + S3) on loopback; ``.endpoint``, ``.env``."""
+    yield from _serve(MotoServer())
 
 
 @pytest.fixture

@@ -708,3 +708,60 @@ class PostgresServer(_Server):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--watchdog"]:
     _watchdog_main(sys.argv[2])
+
+
+# --------------------------------------------------------------------------- moto (SQS + S3)
+
+
+def find_moto_server() -> str | None:
+    """moto's standalone server from this interpreter's environment (the dev group)."""
+    beside = Path(sys.executable).with_name("moto_server")
+    return str(beside) if beside.exists() else shutil.which("moto_server")
+
+
+class MotoServer(_Server):
+    """moto's standalone server: an SQS and S3 emulator in one process, on loopback.
+
+    ``.endpoint`` is its HTTP address; credentials are any non-empty strings.
+    """
+
+    kind = "moto"
+    region = "us-east-1"
+    access_key = "testing"
+    secret_key = "testing"
+
+    def __init__(
+        self, *, port: int | None = None, start_timeout: float = 60, stop_timeout: float = 10
+    ) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client process needs to reach this server instead of AWS."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def log_files(self) -> list[Path]:
+        return [self.dir / "moto.out"]
+
+    def _start(self) -> None:
+        binary = find_moto_server()
+        if binary is None:
+            raise ServerNotInstalled("moto_server not found (uv sync installs it)")
+        env = {**_clean_env(("AWS_",)), **self.env}
+        self._proc = self._spawn(
+            [binary, "-H", HOST, "-p", str(self.port)], env=env, log_name="moto.out"
+        )
+        self._wait_ready(lambda: port_is_open(self.port))
+
+    def _graceful_stop(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        self._wait_exit(proc, self.stop_timeout)

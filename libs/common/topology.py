@@ -20,6 +20,9 @@ stands in for TTL and DLX there.
 
 from __future__ import annotations
 
+import string
+from dataclasses import dataclass
+
 from kombu import Exchange, Queue
 
 #: Retry delay tiers in seconds; a delay is rounded down to one of these.
@@ -119,4 +122,41 @@ def all_queues(prefix: str, pools: tuple[str, ...], delivery_limit: int) -> list
         dead_queue(prefix),
         *(task_queue(prefix, pool, delivery_limit) for pool in pools),
         *(retry_queue(prefix, tier) for tier in RETRY_TIERS),
+    ]
+
+
+# --------------------------------------------------------------------------- SQS
+
+#: kombu's SQS transport names a queue this way; provisioning must use the same names.
+_SQS_TABLE = {ord(c): ord("_") for c in string.punctuation if c not in "-_."}
+_SQS_TABLE[ord(".")] = ord("-")
+
+
+def sqs_name(name: str) -> str:
+    """The SQS queue name kombu uses for the queue called ``name`` in this module."""
+    return name.translate(_SQS_TABLE)
+
+
+@dataclass(frozen=True)
+class SqsQueue:
+    """One SQS queue: its name, its attributes, and where its dead letters go (if anywhere)."""
+
+    name: str
+    visibility_timeout: int
+    dead_letter_to: str | None = None
+    max_receive_count: int = 0
+
+
+def sqs_queues(
+    prefix: str, pools: tuple[str, ...], delivery_limit: int, visibility_timeout: int
+) -> list[SqsQueue]:
+    """The SQS counterpart of ``all_queues``: work queues redrive to the dead queue after
+    ``delivery_limit + 1`` receives (as a quorum queue's ``x-delivery-limit`` does).
+    Delays need no queues of their own on SQS."""
+    dead = sqs_name(dead_queue(prefix).name)
+    work = [job_queue(prefix, delivery_limit), event_queue(prefix, delivery_limit)]
+    work += [task_queue(prefix, pool, delivery_limit) for pool in pools]
+    return [
+        SqsQueue(dead, visibility_timeout),
+        *(SqsQueue(sqs_name(q.name), visibility_timeout, dead, delivery_limit + 1) for q in work),
     ]
