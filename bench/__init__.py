@@ -1,0 +1,1 @@
+"""Benchmarks for Conveyor (not tests): run them by hand, read the numbers. See bench/README.md."""
