@@ -184,3 +184,55 @@ def test_delete_prefix(store: Storage) -> None:
     assert store.exists("jobs/b/output.csv")
     store.delete_prefix("jobs/nothing-here")  # missing prefix is fine
     assert store.exists("jobs/b/output.csv")
+
+
+# --------------------------------------------------------------------------- s3:// without a server
+# (the S3 behaviours run against moto in tests/integration/test_storage_s3.py)
+
+
+def test_s3_url_and_object_keys() -> None:
+    s = Storage("s3://bucket/some/prefix/")
+    assert s.scheme == "s3"
+    assert s.base_url == "s3://bucket/some/prefix"
+    assert s.url("jobs/j/output.csv") == "s3://bucket/some/prefix/jobs/j/output.csv"
+    assert s._key("jobs/j/output.csv") == "some/prefix/jobs/j/output.csv"
+    assert Storage("s3://bucket")._key("a/b") == "a/b"
+
+
+def test_s3_builds_no_client_until_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_module.s3.boto3, "session", None)  # would fail if touched
+    s = Storage("s3://bucket/p")
+    assert s._s3 is not None and s._s3._client is None
+
+
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../x", "/etc/passwd", "..", "a/../b.csv", "./b", "a/./b", ""]
+)
+def test_s3_rejects_keys_with_dot_segments_before_any_request(key: str) -> None:
+    s = Storage("s3://bucket/p")
+    for use in (
+        lambda: s.write(key, b"x"),
+        lambda: s.read_range(key, 0, 1),
+        lambda: s.open_read(key),
+        lambda: s.exists(key),
+        lambda: s.delete(key),
+        lambda: s.delete_prefix(key),
+        lambda: s.compose(key, b"", []),
+    ):
+        with pytest.raises(ValueError, match="escapes"):
+            use()
+    assert s._s3 is not None and s._s3._client is None
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "match"),
+    [
+        ("s3://", {}, "s3://bucket"),
+        ("s3://bucket", {"part_size": 1 << 20}, "part_size"),
+        ("gs://bucket/x", {}, "unsupported"),
+        ("/no/scheme", {}, "unsupported"),
+    ],
+)
+def test_bad_storage_settings_are_refused(url: str, kwargs: dict[str, int], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Storage(url, **kwargs)  # type: ignore[arg-type]
