@@ -2,7 +2,9 @@
 
 The thread that runs ``ConsumeLoop.run`` is the only one that touches its connection:
 handlers either finish quickly in ``on_message`` or hand work to a pool and settle it from
-``tick``, which runs between waits. That keeps AMQP heartbeats flowing during long work.
+``tick``, which runs between waits. That keeps AMQP heartbeats flowing, and SQS leases
+extended, during long work. The broker prepares the queues before each consume (on SQS:
+creates them with their redrive policy, subscribes control queues to their topic).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kombu import Connection, Consumer, Queue
-from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.message import Message
 
 from libs.common.broker import Broker, Publisher
@@ -55,15 +56,14 @@ class ConsumeLoop:
 
     def run(self) -> None:
         probe = self.broker.connection()  # lazy: only to learn this transport's error types
-        recoverable = (
-            OSError, KombuOperationalError, *probe.connection_errors, *probe.channel_errors
-        )  # fmt: skip
         backoff = 0.5
         while not self.stop.is_set():
             try:
                 self._run_connected()
                 backoff = 0.5
-            except recoverable as exc:
+            except Exception as exc:
+                if not self.broker.is_recoverable(exc, probe):
+                    raise
                 self.connected.clear()
                 if self.stop.is_set():
                     break
@@ -81,10 +81,11 @@ class ConsumeLoop:
             session = Session(conn, Publisher(self.broker, conn))
             if self.on_connect:
                 self.on_connect(session)
+            queues = self.broker.prepare(conn, self.queues())
             channel = conn.channel()
             consumer = Consumer(
                 channel,
-                queues=list(self.queues()),
+                queues=queues,
                 on_message=lambda message: self.on_message(session, message),
                 prefetch_count=self.prefetch,
                 accept=["application/json"],
@@ -105,8 +106,8 @@ class ConsumeLoop:
             timeout = self.wait_seconds() if self.wait_seconds else self.poll_seconds
             with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=timeout)
-            if self.broker.kind == "amqp" and time.monotonic() - last_beat > 1.0:
-                conn.heartbeat_check()
+            if time.monotonic() - last_beat > 1.0:
+                self.broker.heartbeat_check(conn)
                 last_beat = time.monotonic()
             if self.tick:
                 self.tick(session)

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from libs.common import db, logs, settings
-from libs.common.broker import Broker
+from libs.common.broker import Broker, SqsOptions
 from libs.common.storage import Storage
 
 
@@ -45,7 +45,13 @@ def load_settings() -> settings.Settings:
 
 
 def broker(config: settings.Settings) -> Broker:
-    return Broker(config.effective_broker_url, config.queue_prefix, config.delivery_limit)
+    sqs = SqsOptions(
+        region=config.sqs_region,
+        visibility_timeout=config.sqs_visibility_timeout,
+        wait_seconds=config.sqs_wait_seconds,
+        create_queues=config.sqs_create_queues,
+    )
+    return Broker(config.effective_broker_url, config.queue_prefix, config.delivery_limit, sqs=sqs)
 
 
 def build(config: settings.Settings) -> Components:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -51,10 +52,29 @@ def _bool(raw: str) -> bool:
 
 
 def _broker_url(raw: str) -> str:
-    scheme = urlsplit(raw).scheme
-    if scheme not in {"amqp", "amqps", "pyamqp", "sqs", "memory"}:
-        raise ValueError(f"unsupported scheme {scheme!r} (use amqp://, amqps://, sqs:// or unset)")
+    parts = urlsplit(raw)
+    if parts.scheme not in {"amqp", "amqps", "pyamqp", "sqs", "memory"}:
+        raise ValueError(
+            f"unsupported scheme {parts.scheme!r} (use amqp://, amqps://, sqs:// or unset)"
+        )
+    try:
+        _ = parts.port  # a password with an unquoted "/" breaks the parse here
+    except ValueError:
+        raise ValueError(
+            "cannot tell the host from the credentials: URL-quote the user and password "
+            "('/' as %2F, '+' as %2B, '@' as %40, ':' as %3A)"
+        ) from None
     return raw
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.replace("_", ""))
+        if not low <= value <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return value
+
+    return parse
 
 
 def database_url(raw: str) -> str:
@@ -163,6 +183,25 @@ class Settings:
         "AUTO_MIGRATE", _bool, True, "Run database migrations at start-up."
     )
     log_level: str = _setting("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR.")
+    sqs_region: str = _setting(
+        "SQS_REGION", _str, "us-east-1",
+        "SQS: the queues' AWS region. Unset: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1.",
+    )  # fmt: skip
+    sqs_visibility_timeout: int = _setting(
+        "SQS_VISIBILITY_TIMEOUT", _int_range(2, 43200), 60,
+        "SQS: seconds a received message stays hidden. A worker extends it every third of "
+        "it while the task runs; a dead worker's task comes back after it.",
+    )  # fmt: skip
+    sqs_wait_seconds: int = _setting(
+        "SQS_WAIT_SECONDS", _int_range(0, 20), 5,
+        "SQS: long polling, seconds a receive waits for a message (0 to 20); at most a "
+        "quarter of SQS_VISIBILITY_TIMEOUT.",
+    )  # fmt: skip
+    sqs_create_queues: bool = _setting(
+        "SQS_CREATE_QUEUES", _bool, True,
+        "SQS: create missing queues (with their redrive policy) and the control topic at "
+        "start. false: the queues must exist (python -m infra.aws); no cancel broadcast.",
+    )  # fmt: skip
 
     @property
     def embedded(self) -> bool:
@@ -182,6 +221,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from ``environ`` (default ``os.environ``); raise SettingsError."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
+    if region:
+        values["sqs_region"] = region  # SQS_REGION, when set, wins below
     for f in fields(Settings):
         name = f.metadata["env"]
         raw = env.get(name)
@@ -192,8 +234,20 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[f.name] = f.metadata["parse"](raw.strip())
         except ValueError as exc:
-            raise SettingsError(f"{name}: {exc} (got {raw!r})") from None
-    return Settings(**values)
+            raise SettingsError(f"{name}: {exc} (got {_redact(raw)!r})") from None
+    loaded = Settings(**values)
+    if loaded.sqs_wait_seconds * 4 > loaded.sqs_visibility_timeout:
+        raise SettingsError(
+            f"SQS_WAIT_SECONDS: at most a quarter of SQS_VISIBILITY_TIMEOUT "
+            f"({loaded.sqs_visibility_timeout}), or leases may lapse while a receive waits "
+            f"(got {loaded.sqs_wait_seconds!r})"
+        )
+    return loaded
+
+
+def _redact(raw: str) -> str:
+    """``raw`` without the password of a URL, for messages that quote a bad value."""
+    return re.sub(r"^([a-z0-9+.-]+://[^:/@]*:)[^@]*@", r"\1***@", raw, flags=re.IGNORECASE)
 
 
 def describe() -> str:

@@ -160,3 +160,30 @@ def sqs_queues(
         SqsQueue(dead, visibility_timeout),
         *(SqsQueue(sqs_name(q.name), visibility_timeout, dead, delivery_limit + 1) for q in work),
     ]
+
+
+def queue_name_for_key(prefix: str, routing_key: str) -> str:
+    """The queue the main exchange routes ``routing_key`` to (brokers without exchanges
+    publish to it directly). ValueError for a key this module never routes."""
+    if routing_key == JOB_KEY:
+        return job_queue(prefix, 1).name
+    if routing_key == EVENT_KEY:
+        return event_queue(prefix, 1).name
+    pool = routing_key.removeprefix(task_key(""))
+    if pool != routing_key and pool:
+        return task_queue(prefix, pool, 1).name
+    raise ValueError(f"no queue takes routing key {routing_key!r}")
+
+
+def is_control_queue(prefix: str, name: str) -> bool:
+    """Whether ``name`` (in this module's or SQS's spelling) is a worker's control queue."""
+    return sqs_name(name).startswith(sqs_name(f"{control_exchange(prefix).name}."))
+
+
+def sqs_queue(prefix: str, name: str, delivery_limit: int, visibility_timeout: int) -> SqsQueue:
+    """The SQS queue behind the queue called ``name`` here, as ``sqs_queues`` lists it: a
+    work queue redrives to the dead queue; the dead queue and control queues do not."""
+    dead = sqs_name(dead_queue(prefix).name)
+    if sqs_name(name) == dead or is_control_queue(prefix, name):
+        return SqsQueue(sqs_name(name), visibility_timeout)
+    return SqsQueue(sqs_name(name), visibility_timeout, dead, delivery_limit + 1)

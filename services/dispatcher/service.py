@@ -53,6 +53,8 @@ class Dispatcher:
             self._loop("events", topology.event_queue(prefix, limit), self._on_event, 20),
             self._loop("dead", topology.dead_queue(prefix), self._on_dead, 20),
         ]
+        for loop in self.loops:  # any of them may be first to connect: each declares
+            loop.on_connect = self._declare
         self.loops[0].on_connect = self._on_connect
         self._threads: list[threading.Thread] = []
         self.died = False
@@ -86,8 +88,11 @@ class Dispatcher:
         for thread in self._threads:
             thread.join(timeout)
 
-    def _on_connect(self, session: BrokerSession) -> None:
+    def _declare(self, session: BrokerSession) -> None:
         self.broker.declare(session.conn)
+
+    def _on_connect(self, session: BrokerSession) -> None:
+        self._declare(session)
         if not self.broker.durable:
             reconcile(self.sessions, session)
 
@@ -100,9 +105,10 @@ class Dispatcher:
             session.publisher.dead_letter(message, f"unexpected {type(env.body).__name__} in jobs")
             return
         try:
-            complete = fanout.fan_out(
-                self.sessions, self.storage, session.publisher, self.config, env.job_id
-            )
+            with session.publisher.holding(message):  # a long fan-out keeps its SQS lease
+                complete = fanout.fan_out(
+                    self.sessions, self.storage, session.publisher, self.config, env.job_id
+                )
         except csvfile.CsvContentError as exc:
             self._fail(env.job_id, f"the CSV cannot be split: {exc}")
         except FileNotFoundError:

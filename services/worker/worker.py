@@ -1,10 +1,15 @@
 """The worker: consumes its pool's task queue and runs handlers off the connection's thread.
 
 The loop thread owns the connection. It hands each task to a thread pool and settles
-finished ones in ``_tick``: publish the result (confirmed), then ack; or retry through
-the delay queues, or dead-letter with the cause. Stopping is one sequence: stop fetching,
-let in-flight tasks finish within the grace period, then close, so the broker hands back
-whatever was not acked.
+finished ones in ``_tick``: publish the result (confirmed), then ack; or retry later, or
+dead-letter with the cause. ``_tick`` also keeps the lease of each running task (on SQS a
+received message goes back to the queue after its visibility timeout unless extended).
+Stopping is one sequence: stop fetching, let in-flight tasks finish within the grace
+period, then close, so the broker hands back whatever was not acked.
+
+Cancellations arrive on the worker's own control queue, consumed by a second loop with its
+own connection (on SQS a receive waits on one queue at a time: a shared loop would wait on
+the idle control queue between tasks).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 from kombu import Queue
@@ -34,6 +39,8 @@ from services.worker.csv_map import handle_csv
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED_CANCELS = 10_000
+#: At shutdown, how long to wait for the control loop's current receive (SQS: at most 20 s).
+CONTROL_JOIN_SECONDS = 25.0
 
 
 @dataclass
@@ -42,6 +49,7 @@ class InFlight:
     message: Message
     env: messages.Envelope
     future: Future[messages.TaskResult]
+    leased_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -67,6 +75,7 @@ class Worker:
         self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="task")
         self.in_flight: list[InFlight] = []
         self.cancelled: OrderedDict[str, None] = OrderedDict()
+        self._cancelled_lock = threading.Lock()
         self.stopping = threading.Event()
         self.processed = self.failed = 0
         self._idle_since = time.monotonic()
@@ -76,6 +85,10 @@ class Worker:
             prefetch=settings.concurrency, tick=self._tick, on_connect=self._on_connect,
             wait_seconds=self._wait_seconds,
         )  # fmt: skip
+        self.control = ConsumeLoop(
+            broker, f"worker {self.name} control", lambda: [self.control_queue],
+            self._on_control, prefetch=10, stop=self.loop.stop,
+        )  # fmt: skip
 
     @property
     def task_queue(self) -> Queue:
@@ -83,8 +96,12 @@ class Worker:
             self.broker.prefix, self.settings.pool, self.broker.delivery_limit
         )
 
+    @property
+    def control_queue(self) -> Queue:
+        return topology.control_queue(self.broker.prefix, self.id)
+
     def _queues(self) -> list[Queue]:
-        return [self.task_queue, topology.control_queue(self.broker.prefix, self.id)]
+        return [self.task_queue]
 
     def run(self) -> None:
         """Consume until stopped; returns after the shutdown sequence."""
@@ -92,11 +109,18 @@ class Worker:
             "worker %s taking tasks from pool %r", self.name, self.settings.pool,
             extra={"action": "worker_start"},
         )  # fmt: skip
+        control = threading.Thread(target=self._run_control, name="worker-control", daemon=True)
+        if self.broker.broadcasts:
+            control.start()
         try:
             self.loop.run()
         finally:
+            self.loop.stop.set()  # the control loop too
             unfinished = [f for f in self.in_flight if not f.future.done()]
             self.executor.shutdown(wait=False, cancel_futures=True)
+            if control.is_alive():
+                control.join(CONTROL_JOIN_SECONDS)  # it finishes its current receive
+            self.broker.delete_private_queue(self.control_queue)
             if unfinished:
                 log.warning(
                     "handed back %d unfinished tasks to the broker", len(unfinished),
@@ -114,6 +138,27 @@ class Worker:
     def request_stop(self) -> None:
         self.stopping.set()
 
+    def _run_control(self) -> None:
+        try:
+            self.control.run()
+        except Exception:
+            log.exception(
+                "the control loop died: stopping rather than missing cancellations",
+                extra={"action": "died"},
+            )  # fmt: skip
+            self.request_stop()
+
+    def _on_control(self, session: Session, message: Message) -> None:
+        """The control loop's own thread: remember cancelled jobs."""
+        try:
+            env = messages.decode(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("undecodable control message: %s", exc, extra={"action": "control"})
+        else:
+            if isinstance(env.body, messages.JobCancelled):
+                self._remember_cancel(env.job_id)
+        message.ack()
+
     # -- loop callbacks (the loop's own thread) -------------------------------------------
     def _on_connect(self, session: Session) -> None:
         self.broker.declare(session.conn, pools=(self.settings.pool,))
@@ -128,10 +173,7 @@ class Worker:
             session.publisher.dead_letter(message, f"undecodable message: {exc}")
             return
         body = env.body
-        if isinstance(body, messages.JobCancelled):
-            self._remember_cancel(env.job_id)
-            message.ack()
-        elif env.job_id in self.cancelled:
+        if self._is_cancelled(env.job_id):
             message.ack()  # the dispatcher already marked the job's queued tasks cancelled
         elif isinstance(body, messages.CsvTask):
             future = self.executor.submit(
@@ -154,6 +196,7 @@ class Worker:
             self.in_flight.remove(item)
             self._settle(session, item)
             self._idle_since = time.monotonic()
+        self._keep_leases(session)
         if self.stopping.is_set():
             self._shutdown_step()
         elif self.in_flight:
@@ -163,6 +206,17 @@ class Worker:
             self.stopping.set()
 
     # -- helpers ---------------------------------------------------------------------------
+    def _keep_leases(self, session: Session) -> None:
+        """Extend the lease of each running task every ``lease_interval`` (a third of it)."""
+        interval = self.broker.lease_interval
+        if interval is None:
+            return
+        now = time.monotonic()
+        for item in self.in_flight:
+            if item.session is session and now - item.leased_at >= interval:
+                self.broker.extend_lease(item.message)
+                item.leased_at = now
+
     def _settle(self, session: Session, item: InFlight) -> None:
         env = item.env
         extra = {"job_id": env.job_id, "task_id": getattr(env.body, "task_id", None),
@@ -207,6 +261,11 @@ class Worker:
         return False
 
     def _remember_cancel(self, job_id: str) -> None:
-        self.cancelled[job_id] = None
-        while len(self.cancelled) > MAX_REMEMBERED_CANCELS:
-            self.cancelled.popitem(last=False)
+        with self._cancelled_lock:
+            self.cancelled[job_id] = None
+            while len(self.cancelled) > MAX_REMEMBERED_CANCELS:
+                self.cancelled.popitem(last=False)
+
+    def _is_cancelled(self, job_id: str) -> bool:
+        with self._cancelled_lock:
+            return job_id in self.cancelled
