@@ -30,6 +30,7 @@ from libs.common.models import (
 )
 
 CSV = "csv"
+CANARY = "canary"
 
 
 class JobStateError(Exception):
@@ -78,8 +79,21 @@ def create_csv_job(
     return job
 
 
-def csv_task_envelope(job: Job, task: Task) -> messages.Envelope:
+def create_canary_job(session: Session, *, job_id: str, tasks: int, seconds: float) -> Job:
+    job = Job(
+        id=job_id, kind=CANARY, state=QUEUED, params={"tasks": tasks, "seconds": seconds},
+        created_at=now(),
+    )  # fmt: skip
+    session.add(job)
+    outbox.add(session, topology.JOB_KEY, messages.envelope(job_id, messages.JobRequested(CANARY)))
+    return job
+
+
+def task_envelope(job: Job, task: Task) -> messages.Envelope:
     """The task message for ``task``: rebuilt from the database whenever it is needed."""
+    if job.kind == CANARY:
+        canary = messages.CanaryTask(task.id, task.seq, float(job.params["seconds"]))
+        return messages.envelope(job.id, canary, message_id=task.id)
     body = messages.CsvTask(
         task_id=task.id,
         seq=task.seq,
@@ -126,7 +140,7 @@ def retry_dead(session: Session, job_id: str) -> int:
         task.state, task.error, task.finished_at = T_QUEUED, None, None
         job.tasks_failed -= 1
         job.rows_failed -= task.rows
-        outbox.add(session, topology.task_key(job.pool), csv_task_envelope(job, task))
+        outbox.add(session, topology.task_key(job.pool), task_envelope(job, task))
     job.state, job.error, job.finished_at = RUNNING, None, None
     return len(dead)
 

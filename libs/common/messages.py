@@ -35,6 +35,14 @@ class CsvTask(msgspec.Struct, tag="task.csv", frozen=True):
     output: str
 
 
+class CanaryTask(msgspec.Struct, tag="task.canary", frozen=True):
+    """Hold a worker for ``seconds``: a deployment smoke test, and a lease-settings check."""
+
+    task_id: str
+    seq: int
+    seconds: float
+
+
 class RowError(msgspec.Struct, frozen=True, array_like=True):
     row: int
     column: str | None
@@ -60,7 +68,7 @@ class JobCancelled(msgspec.Struct, tag="job.cancelled", frozen=True):
     """Broadcast to workers: drop the remaining tasks of this job."""
 
 
-Body = JobRequested | CsvTask | TaskResult | JobCancelled
+Body = JobRequested | CsvTask | CanaryTask | TaskResult | JobCancelled
 
 
 class Envelope(msgspec.Struct, frozen=True):

@@ -10,6 +10,8 @@ same, so its effects are not doubled.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 
@@ -56,21 +58,14 @@ def fan_out(
     job = start(sessions, job_id)
     if job is None:
         return False
-    with storage.open_read(job.source or "") as stream:
-        chunks = csvfile.iter_chunks(
-            stream,
-            start=job.cursor_offset or csvfile.read_header(stream)[1],
-            first_row=job.cursor_row,
-            first_seq=job.cursor_seq,
-            rows_per_chunk=config.rows_per_chunk,
-            max_chunk_bytes=config.max_chunk_bytes,
-        )
+    with ExitStack() as stack:
+        chunks = _chunks(job, storage, config, stack)
         while batch := list(islice(chunks, config.batch)):
             tasks = _insert_tasks(sessions, job_id, batch)
             if tasks is None:  # cancelled meanwhile
                 return False
             for task in (t for t in tasks if t.state == T_QUEUED):
-                publisher.task(jobs.csv_task_envelope(job, task), job.pool)
+                publisher.task(jobs.task_envelope(job, task), job.pool)
             _advance_cursor(sessions, job_id, batch[-1])
             log.info(
                 "published tasks %d..%d", batch[0].seq, batch[-1].seq,
@@ -82,6 +77,24 @@ def fan_out(
             return False
         done.fanout_done = True
     return True
+
+
+def _chunks(
+    job: Job, storage: Storage, config: FanoutConfig, stack: ExitStack
+) -> Iterator[csvfile.Chunk]:
+    """The job's remaining chunks from its cursor: cut from its CSV, or one per canary task."""
+    if job.kind == jobs.CANARY:
+        total = int(job.params["tasks"])
+        return (csvfile.Chunk(seq, 0, 0, seq + 1, 1) for seq in range(job.cursor_seq, total))
+    stream = stack.enter_context(storage.open_read(job.source or ""))
+    return csvfile.iter_chunks(
+        stream,
+        start=job.cursor_offset or csvfile.read_header(stream)[1],
+        first_row=job.cursor_row,
+        first_seq=job.cursor_seq,
+        rows_per_chunk=config.rows_per_chunk,
+        max_chunk_bytes=config.max_chunk_bytes,
+    )
 
 
 def _insert_tasks(

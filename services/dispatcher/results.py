@@ -124,6 +124,9 @@ def finish_if_complete(sessions: sessionmaker[Session], storage: Storage, job_id
     if job.tasks_failed:
         _finish(sessions, job_id, FAILED, error=_dead_summary(sessions, job))
         return True
+    if job.kind != jobs.CSV:
+        _finish(sessions, job_id, COMPLETED)
+        return True
     spec = mapping.parse_spec(job.params.get("spec"))
     header = csvfile.header_line(mapping.Mapper(spec, list(job.header)).output_header)
     size = storage.compose(

@@ -203,7 +203,7 @@ def reconcile(sessions: sessionmaker[Session], session: BrokerSession) -> None:
                 session.publisher.job(messages.envelope(job.id, messages.JobRequested(job.kind)))
             queued = db.scalars(select(Task).where(Task.job_id == job.id, Task.state == T_QUEUED))
             for task in queued:
-                session.publisher.task(jobs.csv_task_envelope(job, task), job.pool)
+                session.publisher.task(jobs.task_envelope(job, task), job.pool)
     if open_jobs:
         log.info(
             "re-published the open work of %d jobs", len(open_jobs), extra={"action": "reconcile"}

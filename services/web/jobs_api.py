@@ -9,7 +9,7 @@ import anyio.to_thread
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Response, Stream
 from sqlalchemy import func, select
 
@@ -59,6 +59,22 @@ class JobsController(Controller):
         except BaseException:
             await anyio.to_thread.run_sync(c.storage.delete, key)
             raise
+        state.relay.wake()
+        return Response(
+            schemas.job_view(job), status_code=202, headers={"Location": f"/api/jobs/{job_id}"}
+        )
+
+    @post("/canary", status_code=202, sync_to_thread=True)
+    def submit_canary(
+        self, state: State, data: JSONBody[schemas.CanaryRequest]
+    ) -> Response[schemas.JobView]:
+        """Tasks that each hold a worker for `seconds`: to smoke-test workers and leases."""
+        c = _components(state)
+        job_id = jobs.new_job_id()
+        with c.sessions() as session, session.begin():
+            job = jobs.create_canary_job(
+                session, job_id=job_id, tasks=data.tasks, seconds=data.seconds
+            )
         state.relay.wake()
         return Response(
             schemas.job_view(job), status_code=202, headers={"Location": f"/api/jobs/{job_id}"}

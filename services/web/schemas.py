@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
 import msgspec
 
@@ -70,6 +71,13 @@ class ErrorPage(msgspec.Struct):
     total: int
     limit: int
     offset: int
+
+
+class CanaryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """N tasks that each hold a worker for ``seconds``: a deployment smoke test."""
+
+    tasks: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
+    seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
 
 
 class RetryView(msgspec.Struct):

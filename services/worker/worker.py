@@ -34,6 +34,7 @@ from libs.common.consuming import ConsumeLoop, Session
 from libs.common.retry import DeadLetter, RetryPolicy, decide, describe
 from libs.common.settings import Settings
 from libs.common.storage import Storage
+from services.worker.canary import handle_canary
 from services.worker.csv_map import handle_csv
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,9 @@ class Worker:
                 handle_csv, body, self.storage, worker=self.name,
                 max_errors=self.settings.max_row_errors_per_task,
             )  # fmt: skip
+            self.in_flight.append(InFlight(session, message, env, future))
+        elif isinstance(body, messages.CanaryTask):
+            future = self.executor.submit(handle_canary, body, worker=self.name)
             self.in_flight.append(InFlight(session, message, env, future))
         else:
             session.publisher.dead_letter(message, f"no handler for {type(body).__name__}")
