@@ -13,7 +13,6 @@ Without credentials in the URL, boto3 finds them as usual (environment, profile,
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -148,14 +147,13 @@ class SqsAdmin:
             return url
 
     def _create(self, queue: topology.SqsQueue) -> str:
-        attributes = {"VisibilityTimeout": str(queue.visibility_timeout)}
+        dead_arn = None
         if queue.dead_letter_to:
             dead = topology.sqs_queue(
                 self.prefix, queue.dead_letter_to, self.delivery_limit, queue.visibility_timeout
             )
-            policy = {"deadLetterTargetArn": self._arn(self._ensure(dead)),
-                      "maxReceiveCount": str(queue.max_receive_count)}  # fmt: skip
-            attributes["RedrivePolicy"] = json.dumps(policy)
+            dead_arn = self._arn(self._ensure(dead))
+        attributes = topology.sqs_attributes(queue, dead_arn)
         client = self.client()
         try:
             url: str = client.create_queue(QueueName=queue.name, Attributes=attributes)["QueueUrl"]

@@ -20,6 +20,7 @@ stands in for TTL and DLX there.
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass
 
@@ -145,6 +146,22 @@ class SqsQueue:
     visibility_timeout: int
     dead_letter_to: str | None = None
     max_receive_count: int = 0
+
+
+def sqs_attributes(queue: SqsQueue, dead_letter_arn: str | None) -> dict[str, str]:
+    """The exact attributes ``queue`` is created with, by the services and by provisioning.
+
+    CreateQueue is idempotent only when the attributes match to the letter, so both build
+    them here (the redrive count is a string, as SQS returns it).
+    """
+    attributes = {"VisibilityTimeout": str(queue.visibility_timeout)}
+    if queue.dead_letter_to is not None:
+        policy = {
+            "deadLetterTargetArn": dead_letter_arn or f"(the ARN of {queue.dead_letter_to})",
+            "maxReceiveCount": str(queue.max_receive_count),
+        }
+        attributes["RedrivePolicy"] = json.dumps(policy)
+    return attributes
 
 
 def sqs_queues(
