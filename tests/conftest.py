@@ -7,6 +7,8 @@ first test that asks for them:
   It is shared: use unique queue names, and leave it running.
 - ``postgres``: a PostgresServer (``.url`` is the ``conveyor`` database).
 - ``moto``: a MotoServer, the SQS + S3 emulator (``.endpoint``, ``.env``).
+- ``localstack``: a LocalStackServer, LocalStack's SQS + S3 + SNS without Docker
+  (``.endpoint``, ``.env``), from the virtualenv scripts/install-servers builds.
 - ``pg_url``: SQLAlchemy URL of a fresh, empty database for one test.
 
 Missing server binaries skip the test locally (run scripts/install-servers),
@@ -22,11 +24,17 @@ from typing import TypeVar
 
 import pytest
 
-from tests.servers import MotoServer, PostgresServer, RabbitMQServer, ServerNotInstalled
+from tests.servers import (
+    LocalStackServer,
+    MotoServer,
+    PostgresServer,
+    RabbitMQServer,
+    ServerNotInstalled,
+)
 
 # --------------------------------------------------------------------------- servers
 
-_S = TypeVar("_S", RabbitMQServer, PostgresServer, MotoServer)
+_S = TypeVar("_S", RabbitMQServer, PostgresServer, MotoServer, LocalStackServer)
 
 
 def in_ci() -> bool:
@@ -64,6 +72,12 @@ def postgres() -> Iterator[PostgresServer]:
 def moto() -> Iterator[MotoServer]:
     """moto's standalone server (SQS + S3) on loopback; ``.endpoint``, ``.env``."""
     yield from _serve(MotoServer())
+
+
+@pytest.fixture(scope="session")
+def localstack() -> Iterator[LocalStackServer]:
+    """LocalStack (SQS + S3 + SNS) without Docker, on loopback; ``.endpoint``, ``.env``."""
+    yield from _serve(LocalStackServer())
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
+import json
 import logging
 import os
 import shutil
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -765,3 +767,158 @@ class MotoServer(_Server):
     def _graceful_stop(self, proc: subprocess.Popen[bytes]) -> None:
         proc.terminate()
         self._wait_exit(proc, self.stop_timeout)
+
+
+# --------------------------------------------------------------------------- LocalStack
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCALSTACK_SCRIPT = REPO_ROOT / "localstack" / "run-without-docker.sh"
+LOCALSTACK_INSTALL = "localstack/run-without-docker.sh --install-only"
+LOCALSTACK_SERVICES = ("sqs", "s3", "sns")
+# LocalStack's S3 keeps its objects in /tmp/localstack-s3-storage/BUCKET whatever TMPDIR
+# says, and leaves the bucket directories behind. This runs it with that directory moved
+# into the server's own (then removed with it).
+LOCALSTACK_MAIN = """\
+import os, sys
+import localstack.services.s3.provider as s3_provider
+s3_provider.DEFAULT_S3_TMP_DIR = os.environ["CONVEYOR_LOCALSTACK_S3_DIR"]
+from localstack.runtime.main import main
+sys.argv[0] = "localstack.runtime.main"
+main()
+"""
+
+
+def localstack_venv() -> Path:
+    """The virtualenv ``localstack/run-without-docker.sh`` builds ($LOCALSTACK_VENV)."""
+    return Path(os.environ.get("LOCALSTACK_VENV") or REPO_ROOT / ".localstack-venv")
+
+
+def localstack_installed() -> bool:
+    """True if the virtualenv exists with the requirements the script wants now (the
+    script is the one place that lists them; asking it takes a few milliseconds)."""
+    result = subprocess.run(
+        ["bash", str(LOCALSTACK_SCRIPT), "--check-install"],
+        env={**os.environ, "LOCALSTACK_VENV": str(localstack_venv())},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+class LocalStackServer(_Server):
+    """LocalStack (SQS, S3 and SNS) as a plain Python process, on loopback, from the
+    Python 3.13 virtualenv of ``localstack/run-without-docker.sh --install-only``.
+
+    Everything it writes (state, certificates, temp files, its "home") stays in the
+    server's directory; nothing persists between starts. ``.endpoint`` and ``.env`` are
+    as for ``MotoServer``.
+    """
+
+    kind = "localstack"
+    region = "us-east-1"
+    access_key = "test"
+    secret_key = "test"
+
+    def __init__(
+        self, *, port: int | None = None, start_timeout: float = 90, stop_timeout: float = 5
+    ) -> None:
+        # stop_timeout is short on purpose: after serving an SQS long poll, LocalStack
+        # 2026.3 stops its services on SIGTERM but then hangs at interpreter exit.
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client process needs to reach this server instead of AWS."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def log_files(self) -> list[Path]:
+        return [self.dir / "localstack.out"]
+
+    def server_env(self) -> dict[str, str]:
+        """LocalStack's own environment: built from scratch, so that no LocalStack (or
+        AWS) setting of the developer's leaks in, and with every directory in ours."""
+        d = self.dir
+        home, tmp = d / "home", d / "tmp"
+        home.mkdir(exist_ok=True)
+        tmp.mkdir(exist_ok=True)
+        address = f"{HOST}:{self.port}"
+        kept = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TZ")}
+        return {
+            **kept,
+            "PATH": f"{localstack_venv() / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            # Its files: not /var/lib/localstack, /tmp/localstack or ~/.localstack. It takes
+            # itself for a container when the host is one; then it would use /var/lib.
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            "OVERRIDE_IN_DOCKER": "0",
+            "FILESYSTEM_ROOT": str(d / "filesystem"),
+            "CONVEYOR_LOCALSTACK_S3_DIR": str(d / "s3-storage"),
+            "LOCALSTACK_VOLUME_DIR": str(d / "volume"),
+            "CONFIG_DIR": str(home / ".localstack"),
+            # Loopback only: the default server binds 0.0.0.0 whatever GATEWAY_LISTEN says,
+            # and without DNS_ADDRESS=0 it starts a DNS server on port 53.
+            "GATEWAY_LISTEN": address,
+            "GATEWAY_SERVER": "hypercorn",
+            "DNS_ADDRESS": "0",
+            # Queue URLs as http://127.0.0.1:PORT/queue/REGION/ACCOUNT/NAME.
+            "LOCALSTACK_HOST": address,
+            "SQS_ENDPOINT_STRATEGY": "path",
+            "SERVICES": ",".join(LOCALSTACK_SERVICES),
+            "EAGER_SERVICE_LOADING": "1",
+            "PERSISTENCE": "0",
+            # No calls home.
+            "SKIP_SSL_CERT_DOWNLOAD": "1",
+            "DISABLE_EVENTS": "1",
+            "DISABLE_DEPRECATION_NOTICE": "1",
+        }
+
+    def health(self) -> dict[str, str] | None:
+        """The services' states from ``GET /_localstack/health``, None if it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/_localstack/health", timeout=2) as r:
+                services: dict[str, str] = json.load(r).get("services", {})
+                return services
+        except (OSError, ValueError):
+            return None
+
+    def _ready(self) -> bool:
+        services = self.health() or {}
+        return all(services.get(name) in ("available", "running") for name in LOCALSTACK_SERVICES)
+
+    def _start(self) -> None:
+        python = localstack_venv() / "bin" / "python"
+        if not python.exists() or not localstack_installed():
+            raise ServerNotInstalled(
+                f"LocalStack's virtualenv {localstack_venv()} is missing or out of date"
+                f" ({LOCALSTACK_INSTALL} builds it)"
+            )
+        self._proc = self._spawn(
+            [str(python), "-c", LOCALSTACK_MAIN],
+            env=self.server_env(),
+            log_name="localstack.out",
+        )
+        self._wait_ready(self._ready)
+
+    def _graceful_stop(self, proc: subprocess.Popen[bytes]) -> None:
+        # SIGTERM stops its services; if it then hangs at exit, _kill_all's SIGKILL of the
+        # process group follows (nothing persists, so nothing is lost).
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        self._wait_exit(proc, self.stop_timeout)
+
+    def close(self) -> None:
+        # Not merely SIGKILL: give it the chance to stop its services first.
+        if self.running:
+            self.stop()
+        super().close()

@@ -1,4 +1,5 @@
-"""One broker contract, every broker: the embedded memory transport, RabbitMQ and SQS (moto).
+"""One broker contract, every broker: the embedded memory transport, RabbitMQ, and SQS (on
+moto and on LocalStack).
 
 ``BrokerContract`` holds the behaviour the services rely on; each subclass supplies a
 ``broker`` fixture. Queue prefixes are unique per test, so tests share one server. Where a
@@ -26,7 +27,7 @@ from kombu.message import Message
 from libs.common import messages, topology
 from libs.common.broker import Broker, Publisher, SqsOptions, dead_cause, delivery_count
 from libs.common.broker_sqs import SqsSetupError
-from tests.servers import MotoServer, RabbitMQServer
+from tests.servers import LocalStackServer, MotoServer, RabbitMQServer
 
 POOL = "shared"
 SQS_LEASE = 3  # seconds: short, so that lapsed leases show within a test
@@ -338,3 +339,96 @@ class TestSQSProvisionedBroker(BrokerContract):
             publisher.task(_task(), "nosuchpool")
         assert topology.sqs_name(f"{broker.prefix}.tasks.nosuchpool") in str(caught.value)
         assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- SQS (LocalStack)
+
+
+@pytest.mark.integration
+class TestLocalStackBroker(BrokerContract):
+    """The SQS broker on LocalStack (SQS, with SNS for the control broadcast), as on moto:
+    the contract, plus the queue attributes provisioning relies on."""
+
+    @staticmethod
+    def url(localstack: LocalStackServer) -> str:
+        """BROKER_URL for LocalStack: its host:port is the endpoint."""
+        key, secret = localstack.env["AWS_ACCESS_KEY_ID"], localstack.env["AWS_SECRET_ACCESS_KEY"]
+        host = localstack.endpoint.removeprefix("http://")
+        return f"sqs://{quote(key, safe='')}:{quote(secret, safe='')}@{host}"
+
+    @staticmethod
+    def options(localstack: LocalStackServer) -> SqsOptions:
+        return SqsOptions(
+            region=localstack.env["AWS_DEFAULT_REGION"], visibility_timeout=SQS_LEASE,
+            wait_seconds=1,
+        )  # fmt: skip
+
+    @staticmethod
+    def client(localstack: LocalStackServer) -> Any:
+        env = localstack.env
+        return boto3.client(
+            "sqs", endpoint_url=localstack.endpoint, region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )  # fmt: skip
+
+    @pytest.fixture
+    def broker(self, localstack: LocalStackServer) -> Iterator[Broker]:
+        broker = Broker(
+            self.url(localstack), _prefix(), delivery_limit=2, sqs=self.options(localstack)
+        )
+        with broker.connection() as conn:
+            broker.declare(conn)
+        yield broker
+
+    def test_queues_have_the_redrive_policy_provisioning_gives_them(
+        self, localstack: LocalStackServer, broker: Broker
+    ) -> None:
+        client = self.client(localstack)
+        wanted = topology.sqs_queues(broker.prefix, (POOL,), broker.delivery_limit, SQS_LEASE)
+        dead_arn = client.get_queue_attributes(
+            QueueUrl=client.get_queue_url(QueueName=wanted[0].name)["QueueUrl"],
+            AttributeNames=["QueueArn"],
+        )["Attributes"]["QueueArn"]
+        for queue in wanted:
+            url = client.get_queue_url(QueueName=queue.name)["QueueUrl"]
+            attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])[
+                "Attributes"
+            ]
+            assert attributes["VisibilityTimeout"] == str(SQS_LEASE)
+            if queue.dead_letter_to is None:
+                assert "RedrivePolicy" not in attributes
+            else:
+                policy = json.loads(attributes["RedrivePolicy"])
+                assert policy["deadLetterTargetArn"] == dead_arn
+                assert int(policy["maxReceiveCount"]) == broker.delivery_limit + 1
+
+    def test_a_queue_made_without_its_policy_gets_it(self, localstack: LocalStackServer) -> None:
+        """A queue someone created bare (kombu does, on first use) is brought in line."""
+        client = self.client(localstack)
+        broker = Broker(
+            self.url(localstack), _prefix(), delivery_limit=2, sqs=self.options(localstack)
+        )
+        name = topology.sqs_name(self.task_queue(broker).name)
+        url = client.create_queue(QueueName=name)["QueueUrl"]
+        with broker.connection() as conn:
+            broker.declare(conn)
+        attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        assert "RedrivePolicy" in attributes["Attributes"]
+        assert attributes["Attributes"]["VisibilityTimeout"] == str(SQS_LEASE)
+
+    def test_endpoint_from_the_environment(
+        self, localstack: LocalStackServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``sqs://`` with no host: boto3's own AWS_ENDPOINT_URL_SQS and credentials."""
+        for name, value in localstack.env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", localstack.endpoint)
+        broker = Broker("sqs://", _prefix(), delivery_limit=2, sqs=self.options(localstack))
+        env = _task()
+        with connected(broker) as (conn, publisher):
+            broker.declare(conn)
+            publisher.task(env, POOL)
+            message = get(broker, conn, self.task_queue(broker))
+            assert messages.decode(message.body) == env
+            message.ack()
