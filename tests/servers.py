@@ -721,21 +721,12 @@ def find_moto_server() -> str | None:
     return str(beside) if beside.exists() else shutil.which("moto_server")
 
 
-class MotoServer(_Server):
-    """moto's standalone server: an SQS and S3 emulator in one process, on loopback.
+class _AwsEmulator(_Server):
+    """A local stand-in for AWS: its endpoint, and the environment that points clients at it."""
 
-    ``.endpoint`` is its HTTP address; credentials are any non-empty strings.
-    """
-
-    kind = "moto"
     region = "us-east-1"
-    access_key = "testing"
-    secret_key = "testing"
-
-    def __init__(
-        self, *, port: int | None = None, start_timeout: float = 60, stop_timeout: float = 10
-    ) -> None:
-        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+    access_key = "test"
+    secret_key = "test"
 
     @property
     def endpoint(self) -> str:
@@ -750,6 +741,20 @@ class MotoServer(_Server):
             "AWS_DEFAULT_REGION": self.region,
             "AWS_ENDPOINT_URL": self.endpoint,
         }
+
+
+class MotoServer(_AwsEmulator):
+    """moto's standalone server: an SQS and S3 emulator in one process, on loopback.
+
+    ``.endpoint`` is its HTTP address; credentials are any non-empty strings.
+    """
+
+    kind = "moto"
+
+    def __init__(
+        self, *, port: int | None = None, start_timeout: float = 60, stop_timeout: float = 10
+    ) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
 
     def log_files(self) -> list[Path]:
         return [self.dir / "moto.out"]
@@ -807,7 +812,7 @@ def localstack_installed() -> bool:
     return result.returncode == 0
 
 
-class LocalStackServer(_Server):
+class LocalStackServer(_AwsEmulator):
     """LocalStack (SQS, S3 and SNS) as a plain Python process, on loopback, from the
     Python 3.13 virtualenv of ``localstack/run-without-docker.sh --install-only``.
 
@@ -817,9 +822,6 @@ class LocalStackServer(_Server):
     """
 
     kind = "localstack"
-    region = "us-east-1"
-    access_key = "test"
-    secret_key = "test"
 
     def __init__(
         self, *, port: int | None = None, start_timeout: float = 90, stop_timeout: float = 5
@@ -827,20 +829,6 @@ class LocalStackServer(_Server):
         # stop_timeout is short on purpose: after serving an SQS long poll, LocalStack
         # 2026.3 stops its services on SIGTERM but then hangs at interpreter exit.
         super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def env(self) -> dict[str, str]:
-        """What a client process needs to reach this server instead of AWS."""
-        return {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_ENDPOINT_URL": self.endpoint,
-        }
 
     def log_files(self) -> list[Path]:
         return [self.dir / "localstack.out"]

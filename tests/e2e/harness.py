@@ -105,6 +105,13 @@ class Services:
         self.start("web", "services.web")
         wait_for(self._ready, 60, f"{self.base}/readyz\n{self.logs()}")
 
+    def start_pipeline(self, workers: int = 2) -> None:
+        """Web (waited for), the dispatcher, and ``workers`` workers named w1, w2, …"""
+        self.start_web()
+        self.start("dispatcher", "services.dispatcher")
+        for n in range(1, workers + 1):
+            self.start(f"worker{n}", "services.worker", "--name", f"w{n}")
+
     def _ready(self) -> bool:
         if self.procs["web"].poll() is not None:
             raise AssertionError(f"web exited early\n{self.logs()}")

@@ -33,15 +33,8 @@ def services(tmp_path: Path, rabbitmq, pg_url: str) -> Iterator[Services]:  # ty
         svc.stop_all()
 
 
-def start_pipeline(svc: Services, workers: int = 2) -> None:
-    svc.start_web()
-    svc.start("dispatcher", "services.dispatcher")
-    for n in range(1, workers + 1):
-        svc.start(f"worker{n}", "services.worker", "--name", f"w{n}")
-
-
 def test_100k_rows_with_two_workers(services: Services, tmp_path: Path) -> None:
-    start_pipeline(services)
+    services.start_pipeline()
     make_csv(tmp_path / "in.csv", 100_000, bad_every=1000)
     job_id = services.submit(tmp_path / "in.csv")
     job = services.wait_state(job_id, {"completed", "failed"})
@@ -65,7 +58,7 @@ def test_a_process_killed_mid_job_loses_and_doubles_nothing(
     """SIGKILL, no goodbye: a worker's unacked task is redelivered to the other worker; a
     restarted dispatcher resumes from its cursor and the events still queued."""
     services.env["CHUNK_ROWS"] = "250"
-    start_pipeline(services)
+    services.start_pipeline()
     make_csv(tmp_path / "in.csv", 100_000)
     job_id = services.submit(tmp_path / "in.csv")
     wait_for(lambda: services.job(job_id)["progress"]["tasks"]["done"] >= 40, 120, "40 tasks")
@@ -81,7 +74,7 @@ def test_a_process_killed_mid_job_loses_and_doubles_nothing(
 
 def test_sigterm_lets_a_worker_finish_and_exit_zero(services: Services, tmp_path: Path) -> None:
     services.env["CHUNK_ROWS"] = "250"
-    start_pipeline(services)
+    services.start_pipeline()
     make_csv(tmp_path / "in.csv", 50_000)
     job_id = services.submit(tmp_path / "in.csv")
     wait_for(lambda: services.job(job_id)["progress"]["tasks"]["done"] >= 20, 120, "20 tasks")
@@ -131,7 +124,7 @@ def test_poison_task_is_dead_lettered_shown_and_retried(
 def test_a_job_submitted_while_the_broker_is_down_completes_after(
     services: Services, tmp_path: Path, rabbitmq
 ) -> None:  # type: ignore[no-untyped-def]
-    start_pipeline(services, workers=1)
+    services.start_pipeline(workers=1)
     make_csv(tmp_path / "in.csv", 5_000)
     rabbitmq.stop()
     try:
@@ -148,7 +141,7 @@ def test_a_job_submitted_while_the_broker_is_down_completes_after(
 
 def test_cancel_stops_the_remaining_work(services: Services, tmp_path: Path, rabbitmq) -> None:  # type: ignore[no-untyped-def]
     services.env["CHUNK_ROWS"] = "100"
-    start_pipeline(services, workers=1)
+    services.start_pipeline(workers=1)
     make_csv(tmp_path / "in.csv", 200_000)
     job_id = services.submit(tmp_path / "in.csv")
     wait_for(lambda: services.job(job_id)["progress"]["tasks"]["done"] >= 10, 60, "10 tasks")

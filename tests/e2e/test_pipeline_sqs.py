@@ -48,13 +48,6 @@ def services(tmp_path: Path, moto: MotoServer, pg_url: str) -> Iterator[Services
         svc.stop_all()
 
 
-def start_pipeline(svc: Services, workers: int = 2) -> None:
-    svc.start_web()
-    svc.start("dispatcher", "services.dispatcher")
-    for n in range(1, workers + 1):
-        svc.start(f"worker{n}", "services.worker", "--name", f"w{n}")
-
-
 def tasks_done_in_logs(svc: Services, *names: str) -> int:
     """Sum of the "N done" a worker prints when it stops: how often tasks actually ran."""
     total = 0
@@ -66,7 +59,7 @@ def tasks_done_in_logs(svc: Services, *names: str) -> int:
 
 
 def test_csv_job_with_a_worker_killed_mid_job(services: Services, tmp_path: Path) -> None:
-    start_pipeline(services)
+    services.start_pipeline()
     make_csv(tmp_path / "in.csv", 50_000, bad_every=1000)
     job_id = services.submit(tmp_path / "in.csv")
     wait_for(lambda: services.job(job_id)["progress"]["tasks"]["done"] >= 3, 120, "3 tasks")
@@ -80,7 +73,7 @@ def test_csv_job_with_a_worker_killed_mid_job(services: Services, tmp_path: Path
 
 
 def test_a_task_longer_than_the_visibility_timeout_runs_once(services: Services) -> None:
-    start_pipeline(services)
+    services.start_pipeline()
     created = httpx.post(f"{services.base}/api/jobs/canary", json={"tasks": 1, "seconds": 20})
     assert created.status_code == 202, created.text
     job = services.wait_state(created.json()["id"], {"completed", "failed"}, timeout=120)
@@ -93,7 +86,7 @@ def test_a_task_longer_than_the_visibility_timeout_runs_once(services: Services)
 def test_a_long_task_whose_worker_dies_is_run_by_another_after_the_timeout(
     services: Services,
 ) -> None:
-    start_pipeline(services, workers=1)
+    services.start_pipeline(workers=1)
     created = httpx.post(f"{services.base}/api/jobs/canary", json={"tasks": 1, "seconds": 8})
     job_id = created.json()["id"]
     wait_for(lambda: "canary_start" in (services.tmp / "worker1.log").read_text(), 60, "task start")

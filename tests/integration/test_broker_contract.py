@@ -232,45 +232,49 @@ class TestRabbitMQBroker(BrokerContract):
             message.ack()
 
 
-# --------------------------------------------------------------------------- SQS (moto)
+# --------------------------------------------------------------------------- SQS
 
 
-def sqs_url(moto: MotoServer) -> str:
-    """BROKER_URL for moto: its host:port is the endpoint, the credentials URL-quoted."""
-    key, secret = moto.env["AWS_ACCESS_KEY_ID"], moto.env["AWS_SECRET_ACCESS_KEY"]
-    host = moto.endpoint.removeprefix("http://")
+def sqs_url(emulator: MotoServer | LocalStackServer) -> str:
+    """BROKER_URL for an emulator: its host:port is the endpoint, the credentials URL-quoted."""
+    key, secret = emulator.env["AWS_ACCESS_KEY_ID"], emulator.env["AWS_SECRET_ACCESS_KEY"]
+    host = emulator.endpoint.removeprefix("http://")
     return f"sqs://{quote(key, safe='')}:{quote(secret, safe='')}@{host}"
 
 
-def sqs_options(moto: MotoServer, *, create_queues: bool = True) -> SqsOptions:
+def sqs_options(
+    emulator: MotoServer | LocalStackServer, *, create_queues: bool = True
+) -> SqsOptions:
     return SqsOptions(
-        region=moto.env["AWS_DEFAULT_REGION"], visibility_timeout=SQS_LEASE, wait_seconds=1,
+        region=emulator.env["AWS_DEFAULT_REGION"], visibility_timeout=SQS_LEASE, wait_seconds=1,
         create_queues=create_queues,
     )  # fmt: skip
 
 
-def sqs_client(moto: MotoServer) -> Any:
-    env = moto.env
+def sqs_client(emulator: MotoServer | LocalStackServer) -> Any:
+    env = emulator.env
     return boto3.client(
-        "sqs", endpoint_url=moto.endpoint, region_name=env["AWS_DEFAULT_REGION"],
+        "sqs", endpoint_url=emulator.endpoint, region_name=env["AWS_DEFAULT_REGION"],
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )  # fmt: skip
 
 
-@pytest.mark.integration
-class TestSQSBroker(BrokerContract):
+class SQSContract(BrokerContract):
+    """The SQS broker on an emulator (``emulator`` fixture): the contract, plus the queue
+    attributes that provisioning relies on, and the endpoint from the environment."""
+
     @pytest.fixture
-    def broker(self, moto: MotoServer) -> Iterator[Broker]:
-        broker = Broker(sqs_url(moto), _prefix(), delivery_limit=2, sqs=sqs_options(moto))
+    def broker(self, emulator: MotoServer | LocalStackServer) -> Iterator[Broker]:
+        broker = Broker(sqs_url(emulator), _prefix(), delivery_limit=2, sqs=sqs_options(emulator))
         with broker.connection() as conn:
             broker.declare(conn)
         yield broker
 
     def test_queues_have_the_redrive_policy_provisioning_gives_them(
-        self, moto: MotoServer, broker: Broker
+        self, emulator: MotoServer | LocalStackServer, broker: Broker
     ) -> None:
-        client = sqs_client(moto)
+        client = sqs_client(emulator)
         wanted = topology.sqs_queues(broker.prefix, (POOL,), broker.delivery_limit, SQS_LEASE)
         dead_arn = client.get_queue_attributes(
             QueueUrl=client.get_queue_url(QueueName=wanted[0].name)["QueueUrl"],
@@ -289,10 +293,12 @@ class TestSQSBroker(BrokerContract):
                 assert policy["deadLetterTargetArn"] == dead_arn
                 assert int(policy["maxReceiveCount"]) == broker.delivery_limit + 1
 
-    def test_a_queue_made_without_its_policy_gets_it(self, moto: MotoServer) -> None:
+    def test_a_queue_made_without_its_policy_gets_it(
+        self, emulator: MotoServer | LocalStackServer
+    ) -> None:
         """A queue someone created bare (kombu does, on first use) is brought in line."""
-        client = sqs_client(moto)
-        broker = Broker(sqs_url(moto), _prefix(), delivery_limit=2, sqs=sqs_options(moto))
+        client = sqs_client(emulator)
+        broker = Broker(sqs_url(emulator), _prefix(), delivery_limit=2, sqs=sqs_options(emulator))
         name = topology.sqs_name(self.task_queue(broker).name)
         url = client.create_queue(QueueName=name)["QueueUrl"]
         with broker.connection() as conn:
@@ -302,13 +308,13 @@ class TestSQSBroker(BrokerContract):
         assert attributes["Attributes"]["VisibilityTimeout"] == str(SQS_LEASE)
 
     def test_endpoint_from_the_environment(
-        self, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+        self, emulator: MotoServer | LocalStackServer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """``sqs://`` with no host: boto3's own AWS_ENDPOINT_URL_SQS and credentials."""
-        for name, value in moto.env.items():
+        for name, value in emulator.env.items():
             monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto.endpoint)
-        broker = Broker("sqs://", _prefix(), delivery_limit=2, sqs=sqs_options(moto))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", emulator.endpoint)
+        broker = Broker("sqs://", _prefix(), delivery_limit=2, sqs=sqs_options(emulator))
         env = _task()
         with connected(broker) as (conn, publisher):
             broker.declare(conn)
@@ -316,6 +322,24 @@ class TestSQSBroker(BrokerContract):
             message = get(broker, conn, self.task_queue(broker))
             assert messages.decode(message.body) == env
             message.ack()
+
+
+@pytest.mark.integration
+class TestSQSBroker(SQSContract):
+    """On moto's server."""
+
+    @pytest.fixture
+    def emulator(self, moto: MotoServer) -> MotoServer:
+        return moto
+
+
+@pytest.mark.integration
+class TestLocalStackBroker(SQSContract):
+    """On LocalStack, run without Docker (SQS, with SNS for the control broadcast)."""
+
+    @pytest.fixture
+    def emulator(self, localstack: LocalStackServer) -> LocalStackServer:
+        return localstack
 
 
 @pytest.mark.integration
@@ -339,96 +363,3 @@ class TestSQSProvisionedBroker(BrokerContract):
             publisher.task(_task(), "nosuchpool")
         assert topology.sqs_name(f"{broker.prefix}.tasks.nosuchpool") in str(caught.value)
         assert "\n" not in str(caught.value)
-
-
-# --------------------------------------------------------------------------- SQS (LocalStack)
-
-
-@pytest.mark.integration
-class TestLocalStackBroker(BrokerContract):
-    """The SQS broker on LocalStack (SQS, with SNS for the control broadcast), as on moto:
-    the contract, plus the queue attributes provisioning relies on."""
-
-    @staticmethod
-    def url(localstack: LocalStackServer) -> str:
-        """BROKER_URL for LocalStack: its host:port is the endpoint."""
-        key, secret = localstack.env["AWS_ACCESS_KEY_ID"], localstack.env["AWS_SECRET_ACCESS_KEY"]
-        host = localstack.endpoint.removeprefix("http://")
-        return f"sqs://{quote(key, safe='')}:{quote(secret, safe='')}@{host}"
-
-    @staticmethod
-    def options(localstack: LocalStackServer) -> SqsOptions:
-        return SqsOptions(
-            region=localstack.env["AWS_DEFAULT_REGION"], visibility_timeout=SQS_LEASE,
-            wait_seconds=1,
-        )  # fmt: skip
-
-    @staticmethod
-    def client(localstack: LocalStackServer) -> Any:
-        env = localstack.env
-        return boto3.client(
-            "sqs", endpoint_url=localstack.endpoint, region_name=env["AWS_DEFAULT_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        )  # fmt: skip
-
-    @pytest.fixture
-    def broker(self, localstack: LocalStackServer) -> Iterator[Broker]:
-        broker = Broker(
-            self.url(localstack), _prefix(), delivery_limit=2, sqs=self.options(localstack)
-        )
-        with broker.connection() as conn:
-            broker.declare(conn)
-        yield broker
-
-    def test_queues_have_the_redrive_policy_provisioning_gives_them(
-        self, localstack: LocalStackServer, broker: Broker
-    ) -> None:
-        client = self.client(localstack)
-        wanted = topology.sqs_queues(broker.prefix, (POOL,), broker.delivery_limit, SQS_LEASE)
-        dead_arn = client.get_queue_attributes(
-            QueueUrl=client.get_queue_url(QueueName=wanted[0].name)["QueueUrl"],
-            AttributeNames=["QueueArn"],
-        )["Attributes"]["QueueArn"]
-        for queue in wanted:
-            url = client.get_queue_url(QueueName=queue.name)["QueueUrl"]
-            attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])[
-                "Attributes"
-            ]
-            assert attributes["VisibilityTimeout"] == str(SQS_LEASE)
-            if queue.dead_letter_to is None:
-                assert "RedrivePolicy" not in attributes
-            else:
-                policy = json.loads(attributes["RedrivePolicy"])
-                assert policy["deadLetterTargetArn"] == dead_arn
-                assert int(policy["maxReceiveCount"]) == broker.delivery_limit + 1
-
-    def test_a_queue_made_without_its_policy_gets_it(self, localstack: LocalStackServer) -> None:
-        """A queue someone created bare (kombu does, on first use) is brought in line."""
-        client = self.client(localstack)
-        broker = Broker(
-            self.url(localstack), _prefix(), delivery_limit=2, sqs=self.options(localstack)
-        )
-        name = topology.sqs_name(self.task_queue(broker).name)
-        url = client.create_queue(QueueName=name)["QueueUrl"]
-        with broker.connection() as conn:
-            broker.declare(conn)
-        attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
-        assert "RedrivePolicy" in attributes["Attributes"]
-        assert attributes["Attributes"]["VisibilityTimeout"] == str(SQS_LEASE)
-
-    def test_endpoint_from_the_environment(
-        self, localstack: LocalStackServer, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """``sqs://`` with no host: boto3's own AWS_ENDPOINT_URL_SQS and credentials."""
-        for name, value in localstack.env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", localstack.endpoint)
-        broker = Broker("sqs://", _prefix(), delivery_limit=2, sqs=self.options(localstack))
-        env = _task()
-        with connected(broker) as (conn, publisher):
-            broker.declare(conn)
-            publisher.task(env, POOL)
-            message = get(broker, conn, self.task_queue(broker))
-            assert messages.decode(message.body) == env
-            message.ack()
