@@ -120,10 +120,6 @@ class Broker:
             queue.bind(channel).declare()
         topology.control_exchange(self.prefix).bind(channel).declare()
 
-    def declare_pool(self, conn: Connection, pool: str) -> None:
-        queue = topology.task_queue(self.prefix, pool, self.delivery_limit)
-        self.prepare(conn, [queue])
-
     def prepare(self, conn: Connection, queues: Iterable[Queue]) -> list[Queue]:
         """Declare ``queues`` so that they receive from now on, and return those this broker
         can serve. On SQS a queue is created with its redrive policy (or, with

@@ -117,5 +117,3 @@ class Outbox(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     sent_at: Mapped[float | None] = mapped_column(Float, default=None, index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -43,7 +43,6 @@ def relay_once(sessions: sessionmaker[Session], publisher: Publisher, limit: int
             else:
                 publisher.publish_raw(row.body, row.route)
             row.sent_at = now()
-            row.attempts += 1
         return len(rows)
 
 

@@ -52,8 +52,6 @@ def upgrade() -> None:
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("sent_at", sa.Float(), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("last_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index(op.f("ix_outbox_sent_at"), "outbox", ["sent_at"], unique=False)
