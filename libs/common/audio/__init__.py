@@ -1,0 +1,1 @@
+"""Audio: decoding, feature vectors and downloads for the music workload."""
