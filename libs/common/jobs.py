@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
@@ -31,6 +33,9 @@ from libs.common.models import (
 
 CSV = "csv"
 CANARY = "canary"
+LASTFM = "lastfm"  # a Last.fm user's tracks, found by search and downloaded
+AUDIO = "audio"  # audio files under a storage URL prefix
+TRACK_KINDS = frozenset({LASTFM, AUDIO})
 
 
 class JobStateError(Exception):
@@ -89,11 +94,26 @@ def create_canary_job(session: Session, *, job_id: str, tasks: int, seconds: flo
     return job
 
 
+def create_track_job(session: Session, *, job_id: str, kind: str, params: dict[str, Any]) -> Job:
+    """A Last.fm or audio-folder job; the dispatcher lists its tracks when it fans it out."""
+    if kind not in TRACK_KINDS:
+        raise ValueError(f"not a track job kind: {kind!r}")
+    job = Job(id=job_id, kind=kind, state=QUEUED, params=params, created_at=now())
+    session.add(job)
+    outbox.add(session, topology.JOB_KEY, messages.envelope(job_id, messages.JobRequested(kind)))
+    return job
+
+
 def task_envelope(job: Job, task: Task) -> messages.Envelope:
     """The task message for ``task``: rebuilt from the database whenever it is needed."""
     if job.kind == CANARY:
         canary = messages.CanaryTask(task.id, task.seq, float(job.params["seconds"]))
         return messages.envelope(job.id, canary, message_id=task.id)
+    if job.kind in TRACK_KINDS:
+        refs = [msgspec.convert(item, messages.TrackRef) for item in task.items or ()]
+        return messages.envelope(
+            job.id, messages.TrackTask(task.id, task.seq, refs), message_id=task.id
+        )
     body = messages.CsvTask(
         task_id=task.id,
         seq=task.seq,

@@ -43,6 +43,44 @@ class CanaryTask(msgspec.Struct, tag="task.canary", frozen=True):
     seconds: float
 
 
+class TrackRef(msgspec.Struct, frozen=True):
+    """One track of a track task: found by search (``artist`` and ``title``) or a file URL."""
+
+    id: int
+    row: int
+    artist: str
+    title: str
+    location: str = ""
+
+
+class TrackTask(msgspec.Struct, tag="task.tracks", frozen=True):
+    """Fetch each track's audio (a search, or ``location``), and make its feature vector."""
+
+    task_id: str
+    seq: int
+    tracks: list[TrackRef]
+
+
+class TrackProgress(msgspec.Struct, tag="task.progress", frozen=True):
+    """A worker's stage on one track: ``searching``, ``downloading`` or ``analysing``."""
+
+    task_id: str
+    track_id: int
+    stage: str
+
+
+class TrackOutcome(msgspec.Struct, frozen=True):
+    """A vector (float32, little-endian) and a summary, or the reason there is none."""
+
+    id: int
+    vector: bytes | None = None
+    version: int = 0
+    duration: float | None = None
+    summary: dict[str, float | str] = {}
+    source_url: str | None = None
+    error: str | None = None
+
+
 class RowError(msgspec.Struct, frozen=True, array_like=True):
     row: int
     column: str | None
@@ -62,13 +100,15 @@ class TaskResult(msgspec.Struct, tag="task.result", frozen=True):
     errors_truncated: int = 0
     worker: str = ""
     elapsed: float = 0.0
+    tracks: list[TrackOutcome] = []
 
 
 class JobCancelled(msgspec.Struct, tag="job.cancelled", frozen=True):
     """Broadcast to workers: drop the remaining tasks of this job."""
 
 
-Body = JobRequested | CsvTask | CanaryTask | TaskResult | JobCancelled
+TaskBody = CsvTask | CanaryTask | TrackTask
+Body = JobRequested | CsvTask | CanaryTask | TrackTask | TrackProgress | TaskResult | JobCancelled
 
 
 class Envelope(msgspec.Struct, frozen=True):

@@ -93,6 +93,8 @@ class Task(Base):
     worker: Mapped[str | None] = mapped_column(String(128), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    # A track task's tracks (``messages.TrackRef`` fields); None for CSV and canary tasks.
+    items: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 
 
 class ItemError(Base):
@@ -105,6 +107,42 @@ class ItemError(Base):
     row: Mapped[int] = mapped_column(BigInteger)
     column: Mapped[str | None] = mapped_column(String(256), default=None)
     reason: Mapped[str] = mapped_column(Text)
+
+
+# Track states: waiting for a worker, done, or not to be tried again (no audio to be had).
+TR_PENDING, TR_VECTORIZED, TR_UNAVAILABLE, TR_FAILED = (
+    "pending",
+    "vectorized",
+    "unavailable",
+    "failed",
+)
+
+
+class Track(Base):
+    """A song or an audio file, and its feature vector once a worker has made one.
+
+    Tracks are shared by every job: ``key`` (a normalised "artist - title", or the file's
+    URL) is what makes a second job skip what is already vectorized.
+    """
+
+    __tablename__ = "tracks"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024), unique=True)
+    origin: Mapped[str] = mapped_column(String(16))  # "lastfm" or "file"
+    artist: Mapped[str] = mapped_column(String(512), default="", index=True)
+    title: Mapped[str] = mapped_column(String(512), index=True)
+    location: Mapped[str | None] = mapped_column(Text, default=None)
+    state: Mapped[str] = mapped_column(String(16), default=TR_PENDING)
+    stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # float32, little-endian; compared only with vectors of the same version.
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    vector_version: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    duration: Mapped[float | None] = mapped_column(Float, default=None)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now, index=True)
 
 
 class Outbox(Base):

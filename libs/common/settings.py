@@ -119,6 +119,21 @@ def _str(raw: str) -> str:
     return raw
 
 
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    return raw
+
+
+def _url_prefixes(raw: str) -> tuple[str, ...]:
+    prefixes = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for prefix in prefixes:
+        if urlsplit(prefix).scheme not in {"file", "s3"}:
+            raise ValueError(f"{prefix!r}: use file:///dir/ or s3://bucket/prefix/ URLs")
+    return tuple(storage_url(p) + "/" for p in prefixes)
+
+
 def _setting(env: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "help": help})
 
@@ -178,6 +193,47 @@ class Settings:
     max_row_errors_per_task: int = _setting(
         "MAX_ROW_ERRORS_PER_TASK", _positive_int, 1000,
         "Row errors kept in detail per task; the counts stay exact beyond it.",
+    )  # fmt: skip
+    tracks_per_task: int = _setting(
+        "TRACKS_PER_TASK", _int_range(1, 1000), 10, "Tracks per music task (a worker's batch)."
+    )
+    lastfm_api_key: str | None = _setting(
+        "LASTFM_API_KEY", _str, None,
+        "Dispatcher and web: the Last.fm API key. Unset: Last.fm jobs are refused (503).",
+    )  # fmt: skip
+    lastfm_api_url: str | None = _setting(
+        "LASTFM_API_URL", _http_url, None,
+        "Dispatcher: the Last.fm API endpoint. Unset: https://ws.audioscrobbler.com/2.0/.",
+    )  # fmt: skip
+    audio_search_prefix: str = _setting(
+        "AUDIO_SEARCH_PREFIX", _str, "ytsearch1:",
+        "Worker: what yt-dlp searches with, before 'artist title'. An http(s):// URL gets "
+        "the query URL-quoted (a local media server in tests).",
+    )  # fmt: skip
+    audio_max_duration: float = _setting(
+        "AUDIO_MAX_DURATION_SECONDS", _non_negative_float, 1200.0,
+        "Worker: longer tracks are recorded as unavailable ('too long').",
+    )  # fmt: skip
+    audio_max_bytes: int = _setting(
+        "AUDIO_MAX_DOWNLOAD_BYTES", _positive_int, 100 << 20,
+        "Worker: larger downloads are recorded as unavailable ('too big').",
+    )  # fmt: skip
+    audio_analysis_seconds: float = _setting(
+        "AUDIO_ANALYSIS_SECONDS", _non_negative_float, 180.0,
+        "Worker: a vector describes at most this many seconds from the start of a track.",
+    )  # fmt: skip
+    audio_roots: tuple[str, ...] | None = _setting(
+        "AUDIO_ROOTS", _url_prefixes, None,
+        "Web: comma-separated file:// or s3:// URL prefixes that audio jobs may read. Unset: "
+        "any s3:// prefix, and file:// too on the embedded all-in-one.",
+    )  # fmt: skip
+    ffmpeg_binary: str | None = _setting(
+        "FFMPEG_BINARY", _str, None,
+        "Worker: the ffmpeg to decode with. Unset: ffmpeg on PATH, else imageio-ffmpeg's.",
+    )  # fmt: skip
+    work_dir: str | None = _setting(
+        "WORK_DIR", _str, None,
+        "Worker: folder for downloads in progress. Unset: conveyor-work in the temp folder.",
     )  # fmt: skip
     auto_migrate: bool = _setting(
         "AUTO_MIGRATE", _bool, True, "Run database migrations at start-up."

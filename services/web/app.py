@@ -21,9 +21,10 @@ from litestar.response import Response
 from libs.common import db
 from libs.common.outbox import Relay
 from libs.common.runtime import Components
+from libs.common.similarity import VectorIndex
 from services.dispatcher.service import Dispatcher
 from services.web.jobs_api import JobsController
-from services.worker.worker import Worker
+from services.web.tracks_api import TracksController
 
 log = logging.getLogger(__name__)
 UI = Path(__file__).with_name("ui") / "index.html"
@@ -74,6 +75,7 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         relay = Relay(components.sessions, components.broker)
         app.state.relay = relay
+        app.state.vectors = VectorIndex(components.sessions)
         background = _Embedded(components) if embedded else None
         if background:
             background.start()
@@ -86,7 +88,7 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
                 await anyio.to_thread.run_sync(background.stop)
 
     return Litestar(
-        route_handlers=[JobsController, healthz, readyz, index],
+        route_handlers=[JobsController, TracksController, healthz, readyz, index],
         state=State({"components": components}),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="Conveyor", version="0.1.0", path="/schema"),
@@ -99,6 +101,8 @@ class _Embedded:
     """The dispatcher and a worker, in this process, for the all-in-one default."""
 
     def __init__(self, components: Components) -> None:
+        from services.worker.worker import Worker  # only the all-in-one pays for librosa
+
         c = components
         self.dispatcher = Dispatcher(c.settings, c.sessions, c.storage, c.broker)
         self.worker = Worker(c.settings, c.storage, c.broker)

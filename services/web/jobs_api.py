@@ -14,6 +14,7 @@ from litestar.response import Response, Stream
 from sqlalchemy import func, select
 
 from libs.common import jobs, mapping
+from libs.common.audio import sources
 from libs.common.models import COMPLETED, ItemError, Job
 from libs.common.runtime import Components
 from services.web import schemas, upload
@@ -59,10 +60,7 @@ class JobsController(Controller):
         except BaseException:
             await anyio.to_thread.run_sync(c.storage.delete, key)
             raise
-        state.relay.wake()
-        return Response(
-            schemas.job_view(job), status_code=202, headers={"Location": f"/api/jobs/{job_id}"}
-        )
+        return _accepted(state, job)
 
     @post("/canary", status_code=202, sync_to_thread=True)
     def submit_canary(
@@ -75,10 +73,40 @@ class JobsController(Controller):
             job = jobs.create_canary_job(
                 session, job_id=job_id, tasks=data.tasks, seconds=data.seconds
             )
-        state.relay.wake()
-        return Response(
-            schemas.job_view(job), status_code=202, headers={"Location": f"/api/jobs/{job_id}"}
-        )
+        return _accepted(state, job)
+
+    @post("/lastfm", status_code=202, sync_to_thread=True)
+    def submit_lastfm(
+        self, state: State, data: JSONBody[schemas.LastfmRequest]
+    ) -> Response[schemas.JobView]:
+        """Vectorize a Last.fm user's tracks; `period` applies to `source: "top"` only."""
+        c = _components(state)
+        if not c.settings.lastfm_api_key:
+            raise HTTPException(
+                status_code=503,
+                detail="Last.fm jobs are not available: LASTFM_API_KEY is not set on the server",
+            )
+        if data.period is not None and data.source != "top":
+            raise upload.unprocessable(
+                f"'period' applies only to source 'top', not {data.source!r}"
+            )
+        params = {"username": data.username, "source": data.source,
+                  "period": data.period or "overall", "limit": data.limit}  # fmt: skip
+        return _submit_tracks(state, jobs.LASTFM, params)
+
+    @post("/audio", status_code=202, sync_to_thread=True)
+    def submit_audio(
+        self, state: State, data: JSONBody[schemas.AudioRequest]
+    ) -> Response[schemas.JobView]:
+        """Vectorize every audio file under `prefix` (file:///dir/ or s3://bucket/prefix/)."""
+        c = _components(state)
+        try:
+            prefix = sources.allowed_prefix(
+                data.prefix, c.settings.audio_roots, embedded=c.settings.embedded
+            )
+        except ValueError as exc:
+            raise upload.unprocessable(f"invalid prefix: {exc}") from None
+        return _submit_tracks(state, jobs.AUDIO, {"prefix": prefix, "limit": data.limit})
 
     @get("/", sync_to_thread=True)
     def list_jobs(self, state: State, limit: Limit = 50, offset: Offset = 0) -> schemas.JobPage:
@@ -152,6 +180,21 @@ def _lifecycle(fn: Callable[[], T], job_id: str) -> T:
         raise NotFoundException(detail=f"no job with id {job_id!r}") from None
     except jobs.JobStateError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from None
+
+
+def _submit_tracks(state: State, kind: str, params: dict[str, object]) -> Response[schemas.JobView]:
+    job_id = jobs.new_job_id()
+    with _components(state).sessions() as session, session.begin():
+        job = jobs.create_track_job(session, job_id=job_id, kind=kind, params=params)
+    return _accepted(state, job)
+
+
+def _accepted(state: State, job: Job) -> Response[schemas.JobView]:
+    """202 with the new job; the relay publishes its message now rather than at its next poll."""
+    state.relay.wake()
+    return Response(
+        schemas.job_view(job), status_code=202, headers={"Location": f"/api/jobs/{job.id}"}
+    )
 
 
 def _create(c: Components, job_id: FromPath[str], received: upload.Upload, spec_json: str) -> Job:
