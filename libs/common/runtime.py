@@ -70,6 +70,16 @@ def build(config: settings.Settings) -> Components:
     )
 
 
+def check_ffmpeg(config: settings.Settings) -> None:
+    """A worker's FFMPEG_BINARY must name a real ffmpeg: stop at start-up, not at a task."""
+    from libs.common.audio.decode import find_ffmpeg
+
+    try:
+        find_ffmpeg(config.ffmpeg_binary)
+    except ValueError as exc:
+        fail(f"FFMPEG_BINARY: {exc}")
+
+
 def fail(message: str) -> None:
     print(f"conveyor: {message}", file=sys.stderr)
     raise SystemExit(1)

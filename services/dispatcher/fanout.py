@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from libs.common import csvfile, jobs, messages
 from libs.common.broker import Publisher
 from libs.common.models import JOB_FINAL, QUEUED, RUNNING, T_QUEUED, Job, Task, now
+from libs.common.settings import Settings
 from libs.common.storage import Storage
+from services.dispatcher import tracklist
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,42 @@ def fan_out(
                 "published tasks %d..%d", batch[0].seq, batch[-1].seq,
                 extra={"job_id": job_id, "action": "fanout_batch"},
             )  # fmt: skip
+    return _complete(sessions, job_id)
+
+
+def fan_out_tracks(
+    sessions: sessionmaker[Session], publisher: Publisher, settings: Settings, job_id: str
+) -> bool:
+    """List and plan a track job (once), then publish its planned tasks from the cursor."""
+    job = start(sessions, job_id)
+    if job is None:
+        return False
+    if not job.params.get("planned"):
+        listed = tracklist.list_tracks(job, settings)
+        tracklist.plan(sessions, job_id, listed, settings.tracks_per_task)
+    while True:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.state in JOB_FINAL:
+                return False
+            batch = session.scalars(
+                select(Task)
+                .where(Task.job_id == job_id, Task.seq >= job.cursor_seq)
+                .order_by(Task.seq)
+                .limit(200)
+            ).all()
+        if not batch:
+            break
+        for task in (t for t in batch if t.state == T_QUEUED):
+            publisher.task(jobs.task_envelope(job, task), job.pool)
+        with sessions() as session, session.begin():
+            locked = session.get(Job, job_id, with_for_update=True)
+            if locked is not None:
+                locked.cursor_seq = batch[-1].seq + 1
+    return _complete(sessions, job_id)
+
+
+def _complete(sessions: sessionmaker[Session], job_id: str) -> bool:
     with sessions() as session, session.begin():
         done = session.get(Job, job_id, with_for_update=True)
         if done is None or done.state in JOB_FINAL:

@@ -20,9 +20,14 @@ from libs.common.models import (
     T_DEAD,
     T_DONE,
     T_QUEUED,
+    TR_FAILED,
+    TR_PENDING,
+    TR_UNAVAILABLE,
+    TR_VECTORIZED,
     ItemError,
     Job,
     Task,
+    Track,
     now,
 )
 from libs.common.storage import Storage
@@ -66,6 +71,8 @@ def record_result(session: Session, job_id: str, result: messages.TaskResult) ->
             rows_filtered=Job.rows_filtered + result.rows_filtered,
         )
     )
+    if result.tracks:
+        _record_tracks(session, result.tracks)
     if result.errors:
         session.execute(
             insert(ItemError),
@@ -78,6 +85,31 @@ def record_result(session: Session, job_id: str, result: messages.TaskResult) ->
     return True
 
 
+def _record_tracks(session: Session, outcomes: list[messages.TrackOutcome]) -> None:
+    """Keep each vector, or the reason there is none (the track is then not tried again)."""
+    for outcome in outcomes:
+        values: dict[str, object] = {"stage": None, "updated_at": now()}
+        if outcome.vector is not None:
+            values.update(
+                state=TR_VECTORIZED, vector=outcome.vector, vector_version=outcome.version,
+                duration=outcome.duration, summary=dict(outcome.summary), error=None,
+            )  # fmt: skip
+            if outcome.source_url:
+                values["location"] = outcome.source_url
+        else:
+            values.update(state=TR_UNAVAILABLE, error=outcome.error or "no audio")
+        session.execute(update(Track).where(Track.id == outcome.id).values(**values))
+
+
+def record_progress(session: Session, progress: messages.TrackProgress) -> None:
+    """A worker's stage on a track, shown while the track is pending."""
+    session.execute(
+        update(Track)
+        .where(Track.id == progress.track_id, Track.state == TR_PENDING)
+        .values(stage=progress.stage[:16])
+    )
+
+
 def record_dead(session: Session, job_id: str, task_id: str, cause: str) -> bool:
     task = _transition(session, job_id, task_id, state=T_DEAD, error=cause)
     if task is None:
@@ -88,12 +120,20 @@ def record_dead(session: Session, job_id: str, task_id: str, cause: str) -> bool
         .values(tasks_failed=Job.tasks_failed + 1, rows_failed=Job.rows_failed + task.rows)
     )
     last = task.first_row + task.rows - 1
+    unit = "tracks" if task.items is not None else "rows"
     session.add(
         ItemError(
             job_id=job_id, task_id=task_id, row=task.first_row, column=None,
-            reason=f"rows {task.first_row}-{last} were not processed: {cause}",
+            reason=f"{unit} {task.first_row}-{last} were not processed: {cause}",
         )
     )  # fmt: skip
+    if task.items:  # failed, not unavailable: a later job tries them again
+        ids = [int(item["id"]) for item in task.items]
+        session.execute(
+            update(Track)
+            .where(Track.id.in_(ids), Track.state == TR_PENDING)
+            .values(state=TR_FAILED, stage=None, error=cause, updated_at=now())
+        )
     return True
 
 

@@ -26,7 +26,7 @@ from libs.common.models import JOB_FINAL, T_QUEUED, Job, Task
 from libs.common.retry import DeadLetter, RetryPolicy, TransientError, decide, describe
 from libs.common.settings import Settings
 from libs.common.storage import Storage
-from services.dispatcher import fanout, results
+from services.dispatcher import fanout, results, tracklist
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ class Dispatcher:
             return
         try:
             with session.publisher.holding(message):  # a long fan-out keeps its SQS lease
-                complete = fanout.fan_out(
-                    self.sessions, self.storage, session.publisher, self.config, env.job_id
-                )
+                complete = self._fan_out(session, env.job_id, env.body.kind)
+        except tracklist.PlanError as exc:
+            self._fail(env.job_id, str(exc))
         except csvfile.CsvContentError as exc:
             self._fail(env.job_id, f"the CSV cannot be split: {exc}")
         except FileNotFoundError:
@@ -121,12 +121,21 @@ class Dispatcher:
                 results.finish_if_complete(self.sessions, self.storage, env.job_id)
         message.ack()
 
+    def _fan_out(self, session: BrokerSession, job_id: str, kind: str) -> bool:
+        if kind in jobs.TRACK_KINDS:
+            return fanout.fan_out_tracks(self.sessions, session.publisher, self.settings, job_id)
+        return fanout.fan_out(self.sessions, self.storage, session.publisher, self.config, job_id)
+
     def _on_event(self, session: BrokerSession, message: Message) -> None:
         env = _decode(session, message)
         if env is None:
             return
         body = env.body
         try:
+            if isinstance(body, messages.TrackProgress):
+                self._in_tx(lambda s: results.record_progress(s, body))
+                message.ack()
+                return
             if isinstance(body, messages.TaskResult):
                 self._in_tx(lambda s: results.record_result(s, env.job_id, body))
             else:
@@ -151,7 +160,7 @@ class Dispatcher:
             return
         body = env.body
         log.warning("dead letter: %s", cause, extra={"job_id": env.job_id, "action": "dead_letter"})
-        if isinstance(body, messages.CsvTask | messages.TaskResult):
+        if isinstance(body, messages.TaskBody | messages.TaskResult):
             self._in_tx(lambda s: results.record_dead(s, env.job_id, body.task_id, cause))
             results.finish_if_complete(self.sessions, self.storage, env.job_id)
         elif isinstance(body, messages.JobRequested):

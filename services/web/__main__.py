@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         "in-process (the embedded all-in-one).",
     ).parse_args(argv)
     settings = runtime.load_settings()
+    if settings.embedded:
+        runtime.check_ffmpeg(settings)
     components = runtime.build(settings)
     mode = "embedded all-in-one (web + dispatcher + worker)" if settings.embedded else "web only"
     print(f"conveyor web: {mode} on http://{settings.host}:{settings.port}", flush=True)

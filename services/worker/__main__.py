@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concurrency must be at least 1")
     overrides = {k: v for k, v in (("pool", args.pool), ("concurrency", args.concurrency)) if v}
     settings = settings.replace(**overrides)
+    runtime.check_ffmpeg(settings)
     options = Options(args.name, args.drain, args.max_idle)
     worker = Worker(settings, Storage(settings.storage_url), runtime.broker(settings), options)
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -34,8 +35,10 @@ from libs.common.consuming import ConsumeLoop, Session
 from libs.common.retry import DeadLetter, RetryPolicy, decide, describe
 from libs.common.settings import Settings
 from libs.common.storage import Storage
+from services.worker import scratch
 from services.worker.canary import handle_canary
 from services.worker.csv_map import handle_csv
+from services.worker.tracks import AudioConfig, handle_tracks
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,19 @@ class InFlight:
     env: messages.Envelope
     future: Future[messages.TaskResult]
     leased_at: float = field(default_factory=time.monotonic)
+
+
+def _audio_config(settings: Settings, worker_id: str) -> AudioConfig:
+    from libs.common.audio.decode import find_ffmpeg
+
+    return AudioConfig(
+        ffmpeg=find_ffmpeg(settings.ffmpeg_binary),
+        scratch=scratch.base(settings.work_dir) / f"{os.getpid()}-{worker_id}",
+        search_prefix=settings.audio_search_prefix,
+        max_duration=settings.audio_max_duration,
+        max_bytes=settings.audio_max_bytes,
+        analysis_seconds=settings.audio_analysis_seconds,
+    )
 
 
 @dataclass
@@ -79,6 +95,8 @@ class Worker:
         self._cancelled_lock = threading.Lock()
         self.stopping = threading.Event()
         self.processed = self.failed = 0
+        self.audio = _audio_config(settings, self.id)
+        self._progress: deque[messages.TrackProgress] = deque(maxlen=10_000)
         self._idle_since = time.monotonic()
         self._deadline: float | None = None
         self.loop = ConsumeLoop(
@@ -107,9 +125,11 @@ class Worker:
     def run(self) -> None:
         """Consume until stopped; returns after the shutdown sequence."""
         log.info(
-            "worker %s taking tasks from pool %r", self.name, self.settings.pool,
+            "worker %s taking tasks from pool %r; ffmpeg: %s", self.name, self.settings.pool,
+            self.audio.ffmpeg or "none (music tasks will be retried elsewhere)",
             extra={"action": "worker_start"},
         )  # fmt: skip
+        scratch.sweep(self.audio.scratch.parent)
         control = threading.Thread(target=self._run_control, name="worker-control", daemon=True)
         if self.broker.broadcasts:
             control.start()
@@ -117,6 +137,7 @@ class Worker:
             self.loop.run()
         finally:
             self.loop.stop.set()  # the control loop too
+            shutil.rmtree(self.audio.scratch, ignore_errors=True)
             unfinished = [f for f in self.in_flight if not f.future.done()]
             self.executor.shutdown(wait=False, cancel_futures=True)
             if control.is_alive():
@@ -182,6 +203,11 @@ class Worker:
                 max_errors=self.settings.max_row_errors_per_task,
             )  # fmt: skip
             self.in_flight.append(InFlight(session, message, env, future))
+        elif isinstance(body, messages.TrackTask):
+            future = self.executor.submit(
+                handle_tracks, body, self.audio, worker=self.name, progress=self._report
+            )
+            self.in_flight.append(InFlight(session, message, env, future))
         elif isinstance(body, messages.CanaryTask):
             future = self.executor.submit(handle_canary, body, worker=self.name)
             self.in_flight.append(InFlight(session, message, env, future))
@@ -201,6 +227,7 @@ class Worker:
             self._settle(session, item)
             self._idle_since = time.monotonic()
         self._keep_leases(session)
+        self._send_progress(session)
         if self.stopping.is_set():
             self._shutdown_step()
         elif self.in_flight:
@@ -210,6 +237,16 @@ class Worker:
             self.stopping.set()
 
     # -- helpers ---------------------------------------------------------------------------
+    def _report(self, task_id: str, track_id: int, stage: str) -> None:
+        """A handler thread's progress: queued here, sent by the loop's thread."""
+        self._progress.append(messages.TrackProgress(task_id, track_id, stage))
+
+    def _send_progress(self, session: Session) -> None:
+        while self._progress:
+            progress = self._progress.popleft()
+            job_id = progress.task_id.rsplit("-", 1)[0]
+            session.publisher.event(messages.envelope(job_id, progress))
+
     def _keep_leases(self, session: Session) -> None:
         """Extend the lease of each running task every ``lease_interval`` (a third of it)."""
         interval = self.broker.lease_interval

@@ -658,8 +658,12 @@ def test_ui_page_and_its_endpoints(start_app: StartApp) -> None:
         ("/api/jobs/${selected}/cancel", "POST"),
         ("/api/jobs/${selected}/retry", "POST"),
         ("${job.links.errors}?limit=100", "GET"),
+        ("/api/tracks?limit=50&q=", "GET"),
+        ("/api/tracks/${id}/similar?k=10", "GET"),
     }
     assert "job.links.output" in html  # the download link
+    for music in ("/api/jobs/lastfm", "/api/jobs/audio", "/api/tracks/export?format="):
+        assert music in html
     job_id = app.submit_ok(GOOD_CSV)
     job = app.wait_final(job_id)
     links = job["links"]
@@ -667,6 +671,9 @@ def test_ui_page_and_its_endpoints(start_app: StartApp) -> None:
         url = path.replace("${selected}", job_id).replace("${job.links.errors}", links["errors"])
         if url == CSV_URL:
             continue  # submitted above
+        if "${id}" in url:  # a track's: the tracks API has its own tests
+            assert app.client.get(url.replace("${id}", "1")).status_code == 404
+            continue
         response = app.client.request(method, url)
         # The completed job may refuse cancel/retry (409), but the route must exist.
         assert response.status_code in (200, 409), (method, url, response.text)
@@ -686,5 +693,10 @@ def test_openapi_schema_lists_the_api(start_app: StartApp) -> None:
         assert "get" in paths[f"/api/jobs/{{job_id}}{suffix}"]
     for suffix in ("/cancel", "/retry"):
         assert "post" in paths[f"/api/jobs/{{job_id}}{suffix}"]
+    for music in ("/api/jobs/lastfm", "/api/jobs/audio"):
+        assert "post" in paths[music]
+    for track in ("/api/tracks", "/api/tracks/{track_id}", "/api/tracks/{track_id}/similar",
+                  "/api/tracks/export"):  # fmt: skip
+        assert "get" in paths[track]
     assert "/healthz" in paths and "/readyz" in paths
     assert "/" not in paths  # the UI page is left out of the schema
