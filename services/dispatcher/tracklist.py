@@ -93,7 +93,7 @@ def plan(sessions: sessionmaker[Session], job_id: str, listed: list[Listed], per
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.state in JOB_FINAL or job.params.get("planned"):
             return False
-        listed = list({item.key: item for item in reversed(listed)}.values())[::-1]
+        listed = _first_of_each_key(listed)
         known = _upsert(session, listed)
         todo: list[messages.TrackRef] = []
         vectorized = unavailable = 0
@@ -130,6 +130,16 @@ def plan(sessions: sessionmaker[Session], job_id: str, listed: list[Listed], per
         extra={"job_id": job_id, "action": "plan"},
     )  # fmt: skip
     return True
+
+
+def _first_of_each_key(listed: list[Listed]) -> list[Listed]:
+    seen: set[str] = set()
+    unique = []
+    for item in listed:
+        if item.key not in seen:
+            seen.add(item.key)
+            unique.append(item)
+    return unique
 
 
 def _upsert(session: Session, listed: list[Listed]) -> dict[str, Track]:
