@@ -1,20 +1,27 @@
-"""Per-clip cost of the audio work on one core: decoding with ffmpeg, then the feature vector.
+"""The audio benchmark: cost per clip, the music pipeline end to end, similarity at 100k.
 
-    python -m bench.audio [--seconds 30,180] [--formats wav,mp3,ogg,opus] [--repeats 5]
+    python -m bench.audio                        # the three tables (about 2.5 min on 2 CPUs)
+    python -m bench.audio --only clips|pipeline|similarity
+    python -m bench.audio --only pipeline --tracks 40 --workers 1,2 --worker-threads 1
 
-For each clip length, a generated song (``tests.audiogen.song``, 44.1 kHz, so that decoding
-resamples as it does for real files) is encoded in each format; each file is decoded
-(``decode.decode``, 22,050 Hz mono) and its vector extracted (``features.extract``), once to
-warm up, then ``--repeats`` times. The table gives the medians, the total, and the real-time
-factor (clip seconds / processing seconds). The baseline, in the same run on the same
-decoded wav, is the naive feature set (``naive_features``): every feature from the samples
-with its own STFT, chroma with librosa's tuning estimation, tonnetz from its own (CQT)
-chroma, the full band, librosa's tempogram tempo. ``vs naive`` = tuned / naive features.
+**clips** (this module): per-clip cost on one core. For each clip length, a generated song
+(``tests.audiogen.song``, 44.1 kHz, so that decoding resamples as it does for real files) is
+encoded in each format; each file is decoded (``decode.decode``, 22,050 Hz mono) and its
+vector extracted (``features.extract``), once to warm up, then ``--repeats`` times. The
+table gives the medians, the total, and the real-time factor (clip seconds / processing
+seconds). The baseline, in the same run on the same decoded wav, is the naive feature set
+(``naive_features``): every feature from the samples with its own STFT, chroma with
+librosa's tuning estimation, tonnetz from its own (CQT) chroma, the full band, librosa's
+tempogram tempo. ``vs naive`` = tuned / naive features. One core: this part runs in a
+process re-executed with OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS=1 (they must be set before numpy
+loads), pinned (and so its ffmpeg children) to one CPU, checked with threadpoolctl; run with
+the other parts, it is a child process, so that the services are not pinned too.
 
-One core: the command re-executes itself with OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS=1 (they
-must be set before numpy loads), pins itself (and so its ffmpeg children) to one CPU, and
-checks with threadpoolctl that every BLAS/OpenMP pool has one thread. The figures also go
-to ``bench/out/audio.json``.
+**pipeline** (``bench.audio_pipeline``): tracks per second through web, dispatcher and
+workers on RabbitMQ + PostgreSQL, for each ``--workers`` count, against the serial rate.
+**similarity** (``bench.similarity``): ``top_k`` and ``VectorIndex`` at ``--vectors``.
+One PostgreSQL server serves both. The figures also go to ``bench/out/audio.json``,
+``audio_pipeline.json`` and ``similarity.json``; see bench/README.md.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,14 +43,20 @@ from typing import TypeVar
 import librosa
 import numpy as np
 
+from bench import audio_pipeline, similarity
+from bench.csv_pipeline import parse_workers
 from bench.report import cols, table
 from bench.services import BenchError, say
 from libs.common.audio import features
 from libs.common.audio.decode import decode, find_ffmpeg
 from tests import audiogen
+from tests.servers import PostgresServer
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 OUT = Path(__file__).resolve().parent / "out" / "audio.json"
+OUT_PIPELINE = OUT.with_name("audio_pipeline.json")
+OUT_SIMILARITY = OUT.with_name("similarity.json")
+PARTS = ("clips", "pipeline", "similarity")
 SOURCE_SR = 44100
 T = TypeVar("T")
 HEADERS = cols("format|clip s|decode s|features s|total s|x realtime|vs naive")
@@ -152,12 +166,8 @@ def one_core() -> str:
     return f"pinned to CPU {cpu}; thread pools: {', '.join(sorted(pools)) or 'none'}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.audio", description=__doc__)
-    parser.add_argument("--seconds", default="30,180", help="clip lengths (s), comma-separated")
-    parser.add_argument("--formats", default="wav,mp3,ogg,opus")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
+def _clips(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The clip table, in this process pinned to one CPU (re-executed with one thread)."""
     if any(os.environ.get(var) != "1" for var in THREAD_VARS):
         env = {**os.environ, **dict.fromkeys(THREAD_VARS, "1")}
         argv_out = sys.argv[1:] if argv is None else argv
@@ -177,7 +187,74 @@ def main(argv: list[str] | None = None) -> None:
             {"setup": setup, "repeats": args.repeats, "rows": [asdict(r) for r in rows]}, indent=1
         )
     )
+    return 0
+
+
+def _clips_child(args: argparse.Namespace) -> None:
+    """The clip table from a child process: pinning this one would pin the services too."""
+    argv = [sys.executable, "-m", "bench.audio", "--only", "clips", "--seconds", args.seconds,
+            "--formats", args.formats, "--repeats", str(args.repeats)]  # fmt: skip
+    child = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=1800, check=False)
+    if child.returncode != 0:
+        raise BenchError(f"the clip table failed (exit {child.returncode})")
+    print(child.stdout, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.audio", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--only", choices=PARTS, help="one table (default: all three)")
+    parser.add_argument("--seconds", default="30,180", help="clips: lengths (s), comma-separated")
+    parser.add_argument("--formats", default="wav,mp3,ogg,opus", help="clips: formats")
+    parser.add_argument("--repeats", type=int, default=5, help="clips: timed runs (default 5)")
+    parser.add_argument("--tracks", type=int, default=40, help="pipeline: clips (default 40)")
+    parser.add_argument("--workers", type=parse_workers, default=[1, 2],
+                        help="pipeline: worker counts, one run each (default 1,2)")  # fmt: skip
+    parser.add_argument("--tracks-per-task", type=int, default=4,
+                        help="pipeline: TRACKS_PER_TASK (default 4)")  # fmt: skip
+    parser.add_argument("--job-timeout", type=float, default=300.0,
+                        help="pipeline: seconds a job may take (default 300)")  # fmt: skip
+    parser.add_argument("--vectors", type=int, default=100_000,
+                        help="similarity: stored vectors (default 100000)")  # fmt: skip
+    parser.add_argument("--queries", type=int, default=200,
+                        help="similarity: timed top_k queries (default 200)")  # fmt: skip
+    parser.add_argument("--worker-threads", type=int, metavar="N",
+                        help="pipeline: the workers' OMP/OPENBLAS/MKL_NUM_THREADS (default:"
+                        " unset, as deployed)")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="pipeline: keep the temp dir")
+    parser.add_argument("--snapshot", action="store_true",
+                        help="pipeline: run the services from a copy of the source tree"
+                        " made at the start: edits during the run cannot affect them")  # fmt: skip
+    args = parser.parse_args(argv)
+    if min(args.tracks, args.tracks_per_task, args.vectors, args.queries,
+           args.worker_threads or 1) < 1:  # fmt: skip
+        parser.error("--tracks, --tracks-per-task, --vectors and --queries must be positive")
+    if args.only == "clips":
+        return _clips(args, argv)
+    began = time.perf_counter()
+    try:
+        if args.only is None:
+            _clips_child(args)
+        with PostgresServer() as pg:
+            if args.only in (None, "pipeline"):
+                _write(OUT_PIPELINE, audio_pipeline.bench(pg, args))
+            if args.only in (None, "similarity"):
+                rows, notes = similarity.measure(pg, args.vectors, args.queries)
+                print("\n".join(similarity.render(rows, notes)) + "\n", flush=True)
+                _write(OUT_SIMILARITY, {"rows": [asdict(r) for r in rows]})
+    except BenchError as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    say(f"the audio benchmark took {time.perf_counter() - began:.0f}s")
+    return 0
+
+
+def _write(path: Path, report: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
