@@ -107,8 +107,48 @@ class JobCancelled(msgspec.Struct, tag="job.cancelled", frozen=True):
     """Broadcast to workers: drop the remaining tasks of this job."""
 
 
+class Capabilities(msgspec.Struct, frozen=True):
+    """What a worker can run: its handlers' names, whether it has ffmpeg, its CPU cores."""
+
+    handlers: list[str] = []
+    ffmpeg: bool = False
+    cores: int = 0
+    concurrency: int = 1
+
+
+#: A worker's ``Heartbeat.state``: taking tasks, draining before exit, exited cleanly.
+W_ONLINE, W_STOPPING, W_STOPPED = "online", "stopping", "stopped"
+
+
+class Heartbeat(msgspec.Struct, tag="worker.heartbeat", frozen=True):
+    """A worker is alive (sent every ``interval`` seconds; the envelope's job id is "").
+
+    ``state`` is ``online``, ``stopping`` (draining) or ``stopped`` (the last one of a clean
+    shutdown). ``items_per_second`` counts rows or tracks finished in the last minute.
+    """
+
+    worker_id: str
+    name: str
+    state: str
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    pool: str = ""
+    capabilities: Capabilities = Capabilities()
+    in_flight: int = 0
+    processed: int = 0
+    failed: int = 0
+    items_per_second: float = 0.0
+    current_job: str | None = None
+    interval: float = 5.0
+    started_at: float = 0.0
+
+
 TaskBody = CsvTask | CanaryTask | TrackTask
-Body = JobRequested | CsvTask | CanaryTask | TrackTask | TrackProgress | TaskResult | JobCancelled
+Body = (
+    JobRequested | CsvTask | CanaryTask | TrackTask | TrackProgress | TaskResult | JobCancelled
+    | Heartbeat
+)  # fmt: skip
 
 
 class Envelope(msgspec.Struct, frozen=True):

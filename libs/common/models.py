@@ -155,3 +155,35 @@ class Outbox(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     sent_at: Mapped[float | None] = mapped_column(Float, default=None, index=True)
+
+
+class Worker(Base):
+    """The worker registry: the latest heartbeat of each worker process, by its id.
+
+    ``last_seen`` is when the dispatcher recorded it (the server's clock); ``sent_at`` is
+    the worker's own clock, only compared with its own earlier heartbeats. The status
+    shown (online, offline…) is computed when read, from ``state``, ``last_seen`` and
+    ``interval`` (``services/dispatcher/registry.py``).
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    pool: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    capabilities: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16))
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    processed: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    items_per_second: Mapped[float] = mapped_column(Float, default=0.0)
+    current_job: Mapped[str | None] = mapped_column(String(32), default=None)
+    interval: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float] = mapped_column(Float)
+    sent_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float, index=True)
+    # Reserved for pairing: when the worker's credentials were revoked.
+    revoked_at: Mapped[float | None] = mapped_column(Float, default=None)

@@ -35,6 +35,13 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a finite number above zero")
+    return value
+
+
 def _port(raw: str) -> int:
     value = _positive_int(raw)
     if value > 65535:
@@ -189,6 +196,14 @@ class Settings:
     shutdown_grace_seconds: float = _setting(
         "SHUTDOWN_GRACE_SECONDS", _non_negative_float, 30.0,
         "On SIGTERM, how long in-flight work may finish before it is handed back.",
+    )  # fmt: skip
+    heartbeat_seconds: float = _setting(
+        "HEARTBEAT_SECONDS", _positive_float, 5.0,
+        "Worker: seconds between the heartbeats that keep it listed as online.",
+    )  # fmt: skip
+    offline_after_missed: int = _setting(
+        "OFFLINE_AFTER_MISSED", _positive_int, 3,
+        "Web: a worker is shown offline once this many of its heartbeats are overdue.",
     )  # fmt: skip
     max_row_errors_per_task: int = _setting(
         "MAX_ROW_ERRORS_PER_TASK", _positive_int, 1000,

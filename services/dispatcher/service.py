@@ -1,8 +1,9 @@
 """The dispatcher: fans jobs out, records results and dead letters, finishes jobs.
 
 Three consume loops, each with its own connection and thread, so a long fan-out never
-delays results: ``jobs`` (fan-out), ``events`` (task results) and ``dead`` (the
-dead-letter queue, whose every message is attributed to its task and job).
+delays results: ``jobs`` (fan-out), ``events`` (task results, track progress and worker
+heartbeats) and ``dead`` (the dead-letter queue, whose every message is attributed to its
+task and job).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from libs.common.models import JOB_FINAL, T_QUEUED, Job, Task
 from libs.common.retry import DeadLetter, RetryPolicy, TransientError, decide, describe
 from libs.common.settings import Settings
 from libs.common.storage import Storage
-from services.dispatcher import fanout, results, tracklist
+from services.dispatcher import fanout, registry, results, tracklist
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ class Dispatcher:
             return
         body = env.body
         try:
+            if isinstance(body, messages.Heartbeat):
+                self._record_heartbeat(env, body)
+                message.ack()
+                return
             if isinstance(body, messages.TrackProgress):
                 self._in_tx(lambda s: results.record_progress(s, body))
                 message.ack()
@@ -168,6 +173,16 @@ class Dispatcher:
         message.ack()
 
     # -- helpers ---------------------------------------------------------------------------
+    def _record_heartbeat(self, env: messages.Envelope, beat: messages.Heartbeat) -> None:
+        """A heartbeat is not retried: the worker sends a newer one within seconds."""
+        try:
+            self._in_tx(lambda s: registry.record(s, beat, env.sent_at))
+        except (OSError, OperationalError) as exc:
+            log.warning(
+                "heartbeat of worker %s not recorded: %s", beat.name, describe(exc),
+                extra={"action": "heartbeat_lost"},
+            )  # fmt: skip
+
     def _in_tx(self, fn: Callable[[Session], object]) -> None:
         with self.sessions() as s, s.begin():
             fn(s)

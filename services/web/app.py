@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,13 +19,15 @@ from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 from litestar.response import Response
 
-from libs.common import db
+from libs.common import db, messages
+from libs.common.models import Worker
 from libs.common.outbox import Relay
 from libs.common.runtime import Components
 from libs.common.similarity import VectorIndex
 from services.dispatcher.service import Dispatcher
 from services.web.jobs_api import JobsController
 from services.web.tracks_api import TracksController
+from services.web.workers_api import WorkersController
 
 log = logging.getLogger(__name__)
 UI = Path(__file__).with_name("ui") / "index.html"
@@ -88,7 +91,14 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
                 await anyio.to_thread.run_sync(background.stop)
 
     return Litestar(
-        route_handlers=[JobsController, TracksController, healthz, readyz, index],
+        route_handlers=[
+            JobsController,
+            TracksController,
+            WorkersController,
+            healthz,
+            readyz,
+            index,
+        ],
         state=State({"components": components}),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="Conveyor", version="0.1.0", path="/schema"),
@@ -104,6 +114,7 @@ class _Embedded:
         from services.worker.worker import Worker  # only the all-in-one pays for librosa
 
         c = components
+        self.sessions = c.sessions
         self.dispatcher = Dispatcher(c.settings, c.sessions, c.storage, c.broker)
         self.worker = Worker(c.settings, c.storage, c.broker)
         self._thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
@@ -120,5 +131,16 @@ class _Embedded:
     def stop(self) -> None:
         self.worker.request_stop()
         self._thread.join(self.worker.settings.shutdown_grace_seconds + 5)
+        self._await_last_heartbeat()
         self.dispatcher.stop.set()
         self.dispatcher.join(5)
+
+    def _await_last_heartbeat(self, timeout: float = 3.0) -> None:
+        """Let the dispatcher record the worker's "stopped" (this broker forgets at exit)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.sessions() as session:
+                worker = session.get(Worker, self.worker.id)
+            if worker is not None and worker.state == messages.W_STOPPED:
+                return
+            time.sleep(0.05)

@@ -660,6 +660,7 @@ def test_ui_page_and_its_endpoints(start_app: StartApp) -> None:
         ("${job.links.errors}?limit=100", "GET"),
         ("/api/tracks?limit=50&q=", "GET"),
         ("/api/tracks/${id}/similar?k=10", "GET"),
+        ("/api/workers?limit=50", "GET"),
     }
     assert "job.links.output" in html  # the download link
     for music in ("/api/jobs/lastfm", "/api/jobs/audio", "/api/tracks/export?format="):
