@@ -30,5 +30,5 @@ def setup(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("amqp", "kombu", "alembic", "uvicorn.access", "botocore", "urllib3"):
+    for noisy in ("amqp", "kombu", "alembic", "uvicorn.access", "botocore", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

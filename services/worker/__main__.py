@@ -1,57 +1,177 @@
-"""`python -m services.worker`: takes task batches from its pool's queue and runs them."""
+"""`python -m services.worker`: takes task batches from its pool's queue and runs them.
+
+Two ways to find the broker: ``BROKER_URL`` (and ``--pool``) from the environment, or
+``--server URL`` to lend this machine to a hosted Conveyor: pair with the code the app
+shows (once; the token is saved), and the server says which broker, pool and storage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import logging
 import os
 import signal
+import socket
+import sys
 
 from libs.common import runtime
+from libs.common.settings import Settings
 from libs.common.storage import Storage
+from services.worker import config, remote
+from services.worker.display import Display
+from services.worker.pairing_client import PairingError, check_server
 from services.worker.worker import Options, Worker
 
+DESCRIPTION = (
+    "Conveyor's worker. With --server URL it lends this machine to a hosted Conveyor: it "
+    "asks for the pairing code the app shows (or takes --code), saves the worker token it "
+    "gets in exchange (delete it with --forget), and takes its pairing's tasks. Without "
+    "--server it uses BROKER_URL and --pool. While it works, the terminal shows live "
+    "progress (--plain: one line per change; --quiet: none). SIGTERM or Ctrl-C: stop "
+    "fetching, finish in-flight tasks within SHUTDOWN_GRACE_SECONDS, hand the rest back, "
+    "exit 0. A second signal exits at once (the broker redelivers unacknowledged tasks)."
+)
 
-def main(argv: list[str] | None = None) -> int:
-    parser = runtime.parser(
-        "python -m services.worker",
-        "Conveyor's worker. SIGTERM or Ctrl-C: stop fetching, finish in-flight tasks within "
-        "SHUTDOWN_GRACE_SECONDS, hand the rest back, exit 0. A second signal exits at once "
-        "(the broker redelivers unacknowledged tasks).",
+
+def _parser() -> argparse.ArgumentParser:
+    parser = runtime.parser("python -m services.worker", DESCRIPTION)
+    paired = parser.add_argument_group("lending this machine to a hosted Conveyor")
+    paired.add_argument("--server", metavar="URL", help="the app's address, https://…")
+    paired.add_argument("--code", help="the pairing code the app shows (else you are asked)")
+    paired.add_argument(
+        "--forget", action="store_true", help="delete the saved worker token, then exit"
     )
     parser.add_argument("--pool", help="the pool to serve (overrides WORKER_POOL)")
     parser.add_argument(
         "--concurrency", type=int, help="tasks at once (overrides WORKER_CONCURRENCY)"
     )
-    parser.add_argument("--name", help="a name shown in logs (default: host-pid-random)")
+    parser.add_argument(
+        "--name",
+        help="a name shown in logs and in the app (default: host-pid-random; paired: "
+        "the host's name)",
+    )
     parser.add_argument("--drain", action="store_true", help="exit 0 once the queue is empty")
     parser.add_argument(
         "--max-idle", type=float, metavar="SECONDS", help="exit after idling this long"
     )
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--plain", action="store_true", help="progress as plain lines")
+    shown.add_argument("--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    settings = runtime.load_settings()
-    if settings.embedded:
-        runtime.fail(
-            "BROKER_URL: not set. A separate worker needs a shared broker (amqp:// or sqs://); "
-            "without one, `python -m services.web` runs a worker in-process."
-        )
+    if args.forget:
+        return _forget()
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
+    if args.code is not None and args.server is None:
+        parser.error("--code needs --server URL")
+    if args.server is not None and args.pool:
+        parser.error("--pool: a paired worker serves the pool its pairing names")
+    if args.server is not None:
+        try:
+            args.server = check_server(args.server)
+        except PairingError as exc:
+            parser.error(str(exc))
+    settings = runtime.load_settings()
+    name = args.name
+    if args.server is not None:
+        settings, name = _pair(args, settings)
+    elif settings.embedded:
+        runtime.fail(
+            "BROKER_URL: not set. A separate worker needs a shared broker (amqp:// or sqs://), "
+            f"or --server URL to work for a hosted Conveyor{_saved_hint()}; without either, "
+            "`python -m services.web` runs a worker in-process."
+        )
     overrides = {k: v for k, v in (("pool", args.pool), ("concurrency", args.concurrency)) if v}
     settings = settings.replace(**overrides)
     runtime.check_ffmpeg(settings)
-    options = Options(args.name, args.drain, args.max_idle)
+    options = Options(name, args.drain, args.max_idle, lent=args.server is not None)
+    return _work(settings, options, args)
+
+
+def _work(settings: Settings, options: Options, args: argparse.Namespace) -> int:
+    """Run the worker, with its display, until it stops (on a signal, drained or idle)."""
     worker = Worker(settings, Storage(settings.storage_url), runtime.broker(settings), options)
+    display = Display.choose(worker, plain=args.plain, quiet=args.quiet)
 
     def on_signal(signum: int, _frame: object) -> None:
         if worker.stopping.is_set():
+            if display is not None:
+                display.abort()
             os._exit(128 + signum)  # second signal: at once; unacked tasks are redelivered
         worker.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.run()
+    if display is not None:
+        display.start()
+    try:
+        worker.run()
+    finally:
+        if display is not None:
+            display.stop()
     if worker.unfinished:
         os._exit(0)  # running handlers cannot be interrupted; their tasks were handed back
     return 0
+
+
+def _pair(args: argparse.Namespace, settings: Settings) -> tuple[Settings, str]:
+    """The settings and name the server gives this worker; exit 1 (2: usage) if it won't."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
+    pairing = remote.Pairing(
+        server=args.server,
+        host=socket.gethostname(),
+        file=config.path(os.environ),
+        name=args.name,
+        code=args.code,
+        interactive=sys.stdin.isatty(),
+    )
+    try:
+        answer = pairing.connect()
+        return remote.apply(settings, answer, os.environ), answer.name
+    except remote.UsageError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (PairingError, config.ConfigError) as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("\nconveyor: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _forget() -> int:
+    file = config.path(os.environ)
+    try:
+        saved = config.load(file)
+    except config.ConfigError:
+        saved = None  # unreadable: delete it all the same
+    try:
+        existed = config.forget(file)
+    except config.ConfigError as exc:
+        runtime.fail(str(exc))
+    if not existed:
+        print(f"conveyor: no saved pairing to forget ({file} does not exist)")
+        return 0
+    where = f" with {saved.server}" if saved else ""
+    print(
+        f"conveyor: deleted the saved pairing{where} ({file}). The token stays valid on the "
+        "server until the worker is revoked in the app."
+    )
+    return 0
+
+
+def _saved_hint() -> str:
+    with contextlib.suppress(config.ConfigError):
+        saved = config.load(config.path(os.environ))
+        if saved is not None:
+            return f" (this machine was paired with --server {saved.server})"
+    return ""
 
 
 if __name__ == "__main__":

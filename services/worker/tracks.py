@@ -34,6 +34,7 @@ class AudioConfig:
     max_bytes: int = 100 << 20
     analysis_seconds: float = 180.0
     socket_timeout: float = 20.0
+    local_files: bool = True  # False on a lent machine: a job must not read its owner's disk
 
 
 class TrackFailed(Exception):
@@ -96,6 +97,8 @@ def _fetch(
     task_id: str, ref: messages.TrackRef, config: AudioConfig, progress: Progress, folder: Path
 ) -> tuple[str | None, Path]:
     if ref.location:
+        if ref.location.startswith("file:") and not config.local_files:
+            raise TrackFailed("a lent worker does not read files on its own disk")
         progress(task_id, ref.id, "downloading")
         try:
             return None, sources.fetch(ref.location, folder)

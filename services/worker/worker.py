@@ -3,7 +3,8 @@
 The loop thread owns the connection. It hands each task to a thread pool and settles
 finished ones in ``_tick``: publish the result (confirmed), then ack; or retry later, or
 dead-letter with the cause. ``_tick`` also keeps the lease of each running task (on SQS a
-received message goes back to the queue after its visibility timeout unless extended).
+received message goes back to the queue after its visibility timeout unless extended), and
+sends the worker's heartbeats (``heartbeat.py``), the last one as it stops.
 Stopping is one sequence: stop fetching, let in-flight tasks finish within the grace
 period, then close, so the broker hands back whatever was not acked.
 
@@ -26,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import msgspec
+import threadpoolctl
 from kombu import Queue
 from kombu.message import Message
 
@@ -38,6 +40,7 @@ from libs.common.storage import Storage
 from services.worker import scratch
 from services.worker.canary import handle_canary
 from services.worker.csv_map import handle_csv
+from services.worker.heartbeat import Heartbeats, Snapshot
 from services.worker.tracks import AudioConfig, handle_tracks
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,23 @@ class InFlight:
     leased_at: float = field(default_factory=time.monotonic)
 
 
-def _audio_config(settings: Settings, worker_id: str) -> AudioConfig:
+def _prepare_maths(audio: bool) -> None:
+    """One maths thread per task: a worker runs ``concurrency`` tasks at once, and BLAS
+    pools of one thread per core in each made two workers on two cores no faster than one
+    (bench.audio). Then compile librosa's numba code now, not inside the first track."""
+    threadpoolctl.threadpool_limits(limits=1)
+    if audio:
+        from libs.common.audio.features import warm_up
+
+        started = time.monotonic()
+        warm_up()
+        log.info(
+            "audio analysis ready in %.1fs", time.monotonic() - started,
+            extra={"action": "warm_up"},
+        )  # fmt: skip
+
+
+def _audio_config(settings: Settings, worker_id: str, *, local_files: bool) -> AudioConfig:
     from libs.common.audio.decode import find_ffmpeg
 
     return AudioConfig(
@@ -66,6 +85,7 @@ def _audio_config(settings: Settings, worker_id: str) -> AudioConfig:
         max_duration=settings.audio_max_duration,
         max_bytes=settings.audio_max_bytes,
         analysis_seconds=settings.audio_analysis_seconds,
+        local_files=local_files,
     )
 
 
@@ -74,6 +94,8 @@ class Options:
     name: str | None = None
     drain: bool = False
     max_idle: float | None = None
+    #: Working for a hosted Conveyor (``--server``): never read this machine's own files.
+    lent: bool = False
 
 
 class Worker:
@@ -95,7 +117,10 @@ class Worker:
         self._cancelled_lock = threading.Lock()
         self.stopping = threading.Event()
         self.processed = self.failed = 0
-        self.audio = _audio_config(settings, self.id)
+        self.audio = _audio_config(settings, self.id, local_files=not self.options.lent)
+        self.beats = Heartbeats(
+            self.id, self.name, settings, broker, ffmpeg=self.audio.ffmpeg is not None
+        )
         self._progress: deque[messages.TrackProgress] = deque(maxlen=10_000)
         self._idle_since = time.monotonic()
         self._deadline: float | None = None
@@ -130,6 +155,7 @@ class Worker:
             extra={"action": "worker_start"},
         )  # fmt: skip
         scratch.sweep(self.audio.scratch.parent)
+        _prepare_maths(self.audio.ffmpeg is not None)
         control = threading.Thread(target=self._run_control, name="worker-control", daemon=True)
         if self.broker.broadcasts:
             control.start()
@@ -228,8 +254,9 @@ class Worker:
             self._idle_since = time.monotonic()
         self._keep_leases(session)
         self._send_progress(session)
+        self.beats.tick(session.publisher, self._snapshot)
         if self.stopping.is_set():
-            self._shutdown_step()
+            self._shutdown_step(session)
         elif self.in_flight:
             self._idle_since = time.monotonic()
         elif self._idle_done(session):
@@ -280,9 +307,15 @@ class Worker:
         if current:
             item.message.ack()
         self.processed += 1
+        self.beats.count(result.rows_in)
         log.debug("task done", extra={**extra, "action": "task_done"})
 
-    def _shutdown_step(self) -> None:
+    def _snapshot(self) -> Snapshot:
+        state = messages.W_STOPPING if self.stopping.is_set() else messages.W_ONLINE
+        job = self.in_flight[0].env.job_id if self.in_flight else None
+        return Snapshot(state, len(self.in_flight), self.processed, self.failed, job)
+
+    def _shutdown_step(self, session: Session) -> None:
         if self._deadline is None:
             self.loop.cancel_consumer()
             self._deadline = time.monotonic() + self.settings.shutdown_grace_seconds
@@ -291,6 +324,7 @@ class Worker:
                 extra={"action": "stopping"},
             )  # fmt: skip
         if not self.in_flight or time.monotonic() >= self._deadline:
+            self.beats.final(session.publisher, self.processed, self.failed)
             self.loop.stop.set()
 
     def _idle_done(self, session: Session) -> bool:
