@@ -18,15 +18,16 @@ code), ``inject_http_status(503)``, ``inject_stall(seconds)`` (answer late).
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape, quoteattr
+
+from tests.stubs.server import LocalServer
 
 Song = tuple[str, str]  # (artist, title)
 
@@ -77,16 +78,7 @@ def _track_xml(source: str, artist: str, title: str, rank: int, now_playing: boo
     )
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up (a timeout test) is expected: no traceback for that."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class LastfmStub:
+class LastfmStub(LocalServer):
     def __init__(
         self,
         *,
@@ -102,25 +94,11 @@ class LastfmStub:
         self.requests: list[LoggedRequest] = []
         self._faults: deque[tuple[str, float]] = deque()
         self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        super().__init__(self._handler_class())
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/2.0/"
-
-    def __enter__(self) -> LastfmStub:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        return f"{self.base_url}/2.0/"
 
     # ----------------------------------------------------------------- configuration
     def inject_error(self, code: int, times: int = 1) -> None:

@@ -23,14 +23,15 @@ from __future__ import annotations
 import json
 import mimetypes
 import re
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.stubs.server import LocalServer, QuietServer
 
 _TYPES = {
     ".mp3": "audio/mpeg",
@@ -67,48 +68,19 @@ class _Track:
     hide_length: bool = False
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    media: MediaServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """yt-dlp drops connections it has heard enough from: no traceback for that."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class MediaServer:
+class MediaServer(LocalServer):
     def __init__(self, tracks: Mapping[str, Path] | None = None, *, redirect: bool = False) -> None:
         self.redirect = redirect
         self.requests: list[LoggedRequest] = []
         self._tracks: dict[str, _Track] = {}
         self._lock = threading.Lock()
-        self._closing = threading.Event()
         for query, path in (tracks or {}).items():
             self.add(query, path)
-        self._server = _QuietServer(("127.0.0.1", 0), _Handler)
-        self._server.media = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().__init__(_Handler)
 
     @property
     def search_prefix(self) -> str:
         return f"{self.base_url}/search?q="
-
-    def __enter__(self) -> MediaServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
 
     # ----------------------------------------------------------------- configuration
     def add(self, query: str, path: Path, *, duration: float | None = None) -> None:
@@ -193,7 +165,7 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _QuietServer
+    server: QuietServer
 
     def do_HEAD(self) -> None:
         self._answer(body=False)
@@ -202,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(body=True)
 
     def _answer(self, *, body: bool) -> None:
-        media = self.server.media
+        media: MediaServer = self.server.owner
         url = urlsplit(self.path)
         query = parse_qs(url.query).get("q", [None])[0] if url.path == "/search" else None
         with media._lock:
