@@ -187,3 +187,34 @@ class Worker(Base):
     last_seen: Mapped[float] = mapped_column(Float, index=True)
     # Reserved for pairing: when the worker's credentials were revoked.
     revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Pairing(Base):
+    """A one-time pairing code shown in the app; a worker exchanges it for a token.
+
+    Only the code's SHA-256 is stored. ``used_at`` and ``worker_id`` are set when a worker
+    paired with it (once: a used code is refused).
+    """
+
+    __tablename__ = "pairings"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    pool: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, default=None)
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+
+
+class WorkerToken(Base):
+    """A paired worker's credentials: only the HMAC of its token is stored."""
+
+    __tablename__ = "worker_tokens"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    pool: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    revoked_at: Mapped[float | None] = mapped_column(Float, default=None)

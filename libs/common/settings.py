@@ -109,6 +109,9 @@ def storage_url(raw: str) -> str:
     raise ValueError(f"unsupported scheme {parts.scheme!r} (use file:// or s3://)")
 
 
+_any_storage_url = storage_url  # the Settings class body shadows the name with a field
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -123,6 +126,12 @@ def _name(raw: str) -> str:
 
 
 def _str(raw: str) -> str:
+    return raw
+
+
+def _secret(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters")
     return raw
 
 
@@ -250,6 +259,27 @@ class Settings:
         "WORK_DIR", _str, None,
         "Worker: folder for downloads in progress. Unset: conveyor-work in the temp folder.",
     )  # fmt: skip
+    worker_token_key: str | None = _setting(
+        "WORKER_TOKEN_KEY", _secret, None,
+        "Web: secret key (16+ characters) that worker tokens are HMAC'd with. Unset: worker "
+        "pairing answers 503, except on the embedded all-in-one (a random key per process).",
+    )  # fmt: skip
+    worker_broker_url: str | None = _setting(
+        "WORKER_BROKER_URL", _broker_url, None,
+        "Web: the broker URL handed to paired (remote) workers. Unset: BROKER_URL.",
+    )  # fmt: skip
+    worker_storage_url: str | None = _setting(
+        "WORKER_STORAGE_URL", _any_storage_url, None,
+        "Web: the storage URL handed to paired (remote) workers. Unset: none is sent.",
+    )  # fmt: skip
+    pairing_attempts_per_minute: int = _setting(
+        "PAIRING_ATTEMPTS_PER_MINUTE", _positive_int, 10,
+        "Web: worker pairing attempts accepted per client address per minute (then 429).",
+    )  # fmt: skip
+    pairing_attempts_global_per_minute: int = _setting(
+        "PAIRING_ATTEMPTS_GLOBAL_PER_MINUTE", _positive_int, 100,
+        "Web: worker pairing attempts accepted per minute from all clients (then 429).",
+    )  # fmt: skip
     auto_migrate: bool = _setting(
         "AUTO_MIGRATE", _bool, True, "Run database migrations at start-up."
     )
@@ -305,7 +335,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[f.name] = f.metadata["parse"](raw.strip())
         except ValueError as exc:
-            raise SettingsError(f"{name}: {exc} (got {_redact(raw)!r})") from None
+            got = "a secret" if f.metadata["parse"] is _secret else repr(_redact(raw))
+            raise SettingsError(f"{name}: {exc} (got {got})") from None
     loaded = Settings(**values)
     if loaded.sqs_wait_seconds * 4 > loaded.sqs_visibility_timeout:
         raise SettingsError(

@@ -26,6 +26,7 @@ from libs.common.runtime import Components
 from libs.common.similarity import VectorIndex
 from services.dispatcher.service import Dispatcher
 from services.web.jobs_api import JobsController
+from services.web.pairing_api import PairedWorkersController, PairingsController, pairing_state
 from services.web.tracks_api import TracksController
 from services.web.workers_api import WorkersController
 
@@ -95,11 +96,15 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
             JobsController,
             TracksController,
             WorkersController,
+            PairingsController,
+            PairedWorkersController,
             healthz,
             readyz,
             index,
         ],
-        state=State({"components": components}),
+        state=State(
+            {"components": components, "pairing": pairing_state(components.settings, embedded)}
+        ),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="Conveyor", version="0.1.0", path="/schema"),
         logging_config=None,

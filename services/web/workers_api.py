@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get
+from litestar import Controller, delete, get
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, Parameter
@@ -16,6 +16,7 @@ from litestar.params import FromPath, Parameter
 from libs.common.models import Worker, now
 from libs.common.runtime import Components
 from services.dispatcher import registry
+from services.web.pairing_api import PairedWorkerView, revoke_worker
 from services.web.worker_schemas import WorkerPage, WorkerView, worker_view
 
 Limit = Annotated[int, Parameter(ge=1, le=1000)]
@@ -57,3 +58,8 @@ class WorkersController(Controller):
             worker.state, worker.last_seen, worker.interval, at, c.settings.offline_after_missed
         )
         return worker_view(worker, status, at)
+
+    @delete("/{worker_id:str}", status_code=200, sync_to_thread=True)
+    def revoke(self, state: State, worker_id: FromPath[str]) -> PairedWorkerView:
+        """Revoke a worker's token: refreshing with it answers 401 from now on."""
+        return revoke_worker(state.components, worker_id)

@@ -1,0 +1,292 @@
+"""Worker pairing: the app shows a one-time code; a worker exchanges it for a token.
+
+``POST /api/pairings`` makes a code (10 minutes, once); ``POST /api/workers/pair`` trades
+it for a worker token and connection settings; ``POST /api/workers/refresh`` trades the
+token for fresh settings; ``DELETE /api/workers/{id}`` (routed in ``workers_api``) revokes
+the token. Codes and tokens are never stored or logged in clear (``libs/common/pairing.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Body, FromPath
+from sqlalchemy import select, update
+
+from libs.common import pairing
+from libs.common.models import Pairing, Worker, WorkerToken, now
+from libs.common.runtime import Components
+from libs.common.settings import Settings
+
+log = logging.getLogger(__name__)
+NOT_CONFIGURED = "pairing is not configured: set WORKER_TOKEN_KEY"
+
+
+@dataclass
+class PairingState:
+    """Per app: the token key (None: pairing refused) and the attempt throttle."""
+
+    key: bytes | None
+    throttle: pairing.Throttle
+
+
+def pairing_state(settings: Settings, embedded: bool) -> PairingState:
+    if settings.worker_token_key:
+        key: bytes | None = settings.worker_token_key.encode()
+    else:  # the all-in-one may use a key of its own: its tokens die with the process
+        key = secrets.token_bytes(32) if embedded else None
+    throttle = pairing.Throttle(
+        settings.pairing_attempts_per_minute, settings.pairing_attempts_global_per_minute
+    )
+    return PairingState(key, throttle)
+
+
+# ------------------------------------------------------------------------------ schemas
+
+
+class PairingView(msgspec.Struct):
+    id: str
+    state: str  # waiting, connected or expired
+    pool: str
+    expires_at: str
+    worker: dict[str, str] | None = None
+
+
+class NewPairing(msgspec.Struct):
+    id: str
+    code: str  # XXXX-XXXX: shown once, never stored in clear
+    pool: str
+    expires_at: str
+    state: str
+
+
+class PairRequest(msgspec.Struct, forbid_unknown_fields=True):
+    code: Annotated[str, msgspec.Meta(max_length=64)]
+    name: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    host: Annotated[str, msgspec.Meta(max_length=255)] = ""
+
+
+class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    host: Annotated[str, msgspec.Meta(max_length=255)] = ""
+
+
+class ConnectionView(msgspec.Struct):
+    worker_id: str
+    name: str
+    pool: str
+    broker_url: str
+    queue_prefix: str
+    storage_url: str | None
+    heartbeat_seconds: float
+
+
+class PairedView(ConnectionView):
+    token: str
+
+
+class PairedWorkerView(msgspec.Struct):
+    id: str
+    name: str
+    pool: str
+    paired_at: str | None
+    revoked_at: str | None
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _state(p: Pairing, at: float) -> str:
+    if p.used_at is not None:
+        return "connected"
+    return "expired" if p.expires_at <= at else "waiting"
+
+
+def _connection(settings: Settings, worker_id: str, name: str, pool: str) -> ConnectionView:
+    return ConnectionView(
+        worker_id=worker_id, name=name, pool=pool,
+        broker_url=settings.worker_broker_url or settings.effective_broker_url,
+        queue_prefix=settings.queue_prefix, storage_url=settings.worker_storage_url,
+        heartbeat_seconds=settings.heartbeat_seconds,
+    )  # fmt: skip
+
+
+def _key(state: State) -> bytes:
+    key: bytes | None = state.pairing.key
+    if key is None:
+        raise HTTPException(status_code=503, detail=NOT_CONFIGURED)
+    return key
+
+
+def _client(request: Request[object, object, State]) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+# ---------------------------------------------------------------------------- handlers
+
+
+class PairingsController(Controller):
+    path = "/api/pairings"
+
+    @post("/", sync_to_thread=True)
+    def create_pairing(self, state: State) -> NewPairing:
+        """A one-time code for a worker, valid 10 minutes (the body, if any, is ignored)."""
+        _key(state)
+        c: Components = state.components
+        code, at = pairing.new_code(), now()
+        row = Pairing(
+            id=uuid.uuid4().hex, code_hash=pairing.code_hash(code), pool=pairing.new_pool(),
+            created_at=at, expires_at=at + pairing.CODE_TTL_SECONDS,
+        )  # fmt: skip
+        with c.sessions() as session, session.begin():
+            session.add(row)
+        log.info(
+            "pairing %s created for pool %s", row.id, row.pool, extra={"action": "pairing_new"}
+        )
+        return NewPairing(
+            id=row.id, code=pairing.display_code(code), pool=row.pool,
+            expires_at=_iso(row.expires_at) or "", state="waiting",
+        )  # fmt: skip
+
+    @get("/{pairing_id:str}", sync_to_thread=True)
+    def get_pairing(self, state: State, pairing_id: FromPath[str]) -> PairingView:
+        c: Components = state.components
+        with c.sessions() as session:
+            row = session.get(Pairing, pairing_id)
+            token = session.get(WorkerToken, row.worker_id) if row and row.worker_id else None
+        if row is None:
+            raise NotFoundException(detail=f"no pairing with id {pairing_id!r}")
+        worker = {"id": token.worker_id, "name": token.name} if token else None
+        return PairingView(row.id, _state(row, now()), row.pool, _iso(row.expires_at) or "", worker)
+
+
+class PairedWorkersController(Controller):
+    path = "/api/workers"
+
+    @post("/pair", status_code=200, sync_to_thread=True)
+    def pair(
+        self,
+        state: State,
+        request: Request[object, object, State],
+        data: Annotated[PairRequest, Body()],
+    ) -> PairedView:
+        """Exchange a pairing code for a worker token and the broker settings."""
+        key = _key(state)
+        client = _client(request)
+        wait = state.pairing.throttle.attempt(client)
+        if wait is not None:
+            log.warning(
+                "pairing attempts from %s throttled", client, extra={"action": "pairing_throttled"}
+            )
+            raise HTTPException(
+                status_code=429,
+                detail=f"too many pairing attempts: try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        c: Components = state.components
+        digest = pairing.code_hash(data.code)
+        at = now()
+        token = pairing.new_token()
+        worker_id = uuid.uuid4().hex
+        with c.sessions() as session, session.begin():
+            row = session.scalar(select(Pairing).where(Pairing.code_hash == digest))
+            refusal = _refusal(row, at)
+            if refusal is None and row is not None:
+                claimed = session.execute(
+                    update(Pairing)
+                    .where(Pairing.id == row.id, Pairing.used_at.is_(None))
+                    .values(used_at=at, worker_id=worker_id)
+                )
+                if getattr(claimed, "rowcount", 0) != 1:  # another worker won the race
+                    refusal = (409, "this pairing code was already used")
+            if refusal is not None or row is None:
+                status, reason = refusal or (403, "this pairing code is not valid")
+                log.info(
+                    "pairing refused (%s) for %s",
+                    status,
+                    client,
+                    extra={"action": "pairing_refused"},
+                )
+                raise HTTPException(status_code=status, detail=reason)
+            name = data.name.strip() or f"worker-{worker_id[:6]}"
+            session.add(
+                WorkerToken(
+                    worker_id=worker_id, token_hash=pairing.token_hash(key, token), name=name,
+                    pool=row.pool, created_at=at,
+                )
+            )  # fmt: skip
+        log.info(
+            "worker %s (%s) paired into pool %s", worker_id, name, row.pool,
+            extra={"action": "worker_paired"},
+        )  # fmt: skip
+        view = _connection(c.settings, worker_id, name, row.pool)
+        return PairedView(**msgspec.structs.asdict(view), token=token)
+
+    @post("/refresh", status_code=200, sync_to_thread=True)
+    def refresh(
+        self,
+        state: State,
+        request: Request[object, object, State],
+        data: Annotated[RefreshRequest, Body()],
+    ) -> ConnectionView:
+        """Exchange a worker token (``Authorization: Bearer``) for fresh settings."""
+        key = _key(state)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(status_code=401, detail="a worker token is required (Bearer)")
+        c: Components = state.components
+        with c.sessions() as session, session.begin():
+            row = session.scalar(
+                select(WorkerToken).where(WorkerToken.token_hash == pairing.token_hash(key, token))
+            )
+            if row is None or row.revoked_at is not None:
+                raise HTTPException(status_code=401, detail="this worker token is not valid")
+            if data.name.strip():
+                row.name = data.name.strip()
+        return _connection(c.settings, row.worker_id, row.name, row.pool)
+
+
+def revoke_worker(c: Components, worker_id: str) -> PairedWorkerView:
+    """Revoke a worker: its token stops working (a running worker is not stopped)."""
+    at = now()
+    with c.sessions() as session, session.begin():
+        token = session.get(WorkerToken, worker_id)
+        worker = session.get(Worker, worker_id)
+        if token is None and worker is None:
+            raise NotFoundException(detail=f"no worker with id {worker_id!r}")
+        for row in (token, worker):
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = at
+        if token is not None:
+            view = PairedWorkerView(
+                token.worker_id, token.name, token.pool, _iso(token.created_at),
+                _iso(token.revoked_at),
+            )  # fmt: skip
+        else:
+            assert worker is not None
+            view = PairedWorkerView(
+                worker.id, worker.name, worker.pool, None, _iso(worker.revoked_at)
+            )
+    log.info("worker %s revoked", worker_id, extra={"action": "worker_revoked"})
+    return view
+
+
+def _refusal(row: Pairing | None, at: float) -> tuple[int, str] | None:
+    if row is None:
+        return 403, "this pairing code is not valid"
+    if row.used_at is not None:
+        return 409, "this pairing code was already used"
+    if row.expires_at <= at:
+        return 410, "this pairing code has expired"
+    return None
