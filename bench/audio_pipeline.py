@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import subprocess
-import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +28,7 @@ from bench.audio_run import Job, Others, Setup, contention, own_cpu, run
 from bench.backends import RabbitBackend
 from bench.csv_pipeline import git_revision, snapshot_code
 from bench.report import cols, table
-from bench.services import PYTHON, BenchError, say, service_env
+from bench.services import PYTHON, BenchError, say, service_env, work_dir
 from libs.common.audio import decode, features, layout
 from libs.common.settings import Settings
 from tests import audiogen
@@ -122,22 +120,14 @@ def measure(setup: Setup, tracks: int, workers: list[int]) -> tuple[Serial, list
 def bench(pg: PostgresServer, args: argparse.Namespace) -> dict[str, Any]:
     """``measure`` with ``python -m bench.audio``'s options; print the table, return the
     figures for the JSON report."""
-    work = Path(tempfile.mkdtemp(prefix="bench-audio-pipeline-"))
     threads = args.worker_threads
     worker_env = {} if threads is None else dict.fromkeys(BLAS_VARS, str(threads))
-    setup = Setup(pg, work, args.tracks_per_task, args.job_timeout, worker_env)
-    try:
+    with work_dir("bench-audio-pipeline-", args.keep) as work:
+        setup = Setup(pg, work, args.tracks_per_task, args.job_timeout, worker_env)
         if args.snapshot:
             setup.code = snapshot_code(work)
             say(f"the services run the code copied to {setup.code}")
         base, jobs = measure(setup, args.tracks, args.workers)
-    except BaseException:
-        say(f"work dir kept for inspection: {work}")
-        raise
-    if args.keep:
-        say(f"work dir kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
     lines = render(base, jobs, args.tracks_per_task, worker_env)
     print("\n".join(lines) + "\n", flush=True)
     serial = {k: v for k, v in base.__dict__.items() if k != "vectors"}

@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from bench.backends import Backend, RabbitBackend, SqsBackend
 from bench.procfs import loadavg, machine_cpu
 from bench.report import check_against_baseline, render
 from bench.run import POLL_SECONDS, RunResult, run_pipeline
-from bench.services import PYTHON, BenchError, say
+from bench.services import PYTHON, BenchError, say, work_dir
 from libs.common import settings as settings_module
 from tests.servers import MotoServer, PostgresServer, RabbitMQServer
 
@@ -149,21 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 1 or args.chunk_rows < 1:
         parser.error("--rows and --chunk-rows must be positive")
 
-    work = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     began = time.perf_counter()
     try:
-        report = _bench(args, work)
+        with work_dir("conveyor-bench-", args.keep) as work:
+            report = _bench(args, work)
     except BenchError as exc:
         say(f"FAILED: {exc}")
-        say(f"work dir kept for inspection: {work}")
         return 1
-    except BaseException:
-        say(f"work dir kept for inspection: {work}")
-        raise
-    if args.keep:
-        say(f"work dir kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
     report["meta"]["bench_seconds"] = time.perf_counter() - began
     print(render(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -31,6 +33,21 @@ STOP_TIMEOUT = 20.0
 
 class BenchError(RuntimeError):
     """The benchmark could not produce a valid figure."""
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary folder for one run: removed after it, unless ``keep``, or it failed."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    except BaseException:
+        say(f"work dir kept for inspection: {work}")
+        raise
+    if keep:
+        say(f"work dir kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def say(message: str) -> None:
