@@ -34,6 +34,20 @@ CSV_URL = "/api/jobs/csv"
 # --------------------------------------------------------------------------- harness
 
 
+def poll(
+    fetch: Callable[[], Any], done: Callable[[Any], bool], what: str, timeout: float = POLL_SECONDS
+) -> Any:
+    """``fetch()`` until ``done`` says yes; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not {what} within {timeout} s: {value}")
+        time.sleep(POLL_STEP)
+
+
 @dataclass
 class Conveyor:
     client: TestClient[Any]
@@ -66,14 +80,8 @@ class Conveyor:
         self, job_id: str, done: Callable[[dict[str, Any]], bool], what: str
     ) -> dict[str, Any]:
         """Poll the job until ``done(job)``; fail with the last view after the deadline."""
-        deadline = time.monotonic() + POLL_SECONDS
-        while True:
-            job = self.job(job_id)
-            if done(job):
-                return job
-            if time.monotonic() >= deadline:
-                pytest.fail(f"job {job_id} not {what} within {POLL_SECONDS} s: {job}")
-            time.sleep(POLL_STEP)
+        job: dict[str, Any] = poll(lambda: self.job(job_id), done, f"job {job_id} {what}")
+        return job
 
     def wait_final(self, job_id: str) -> dict[str, Any]:
         final = {"completed", "failed", "cancelled"}

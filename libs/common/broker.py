@@ -255,6 +255,7 @@ class Publisher:
         self._sqs = broker.kind == "sqs"
         self._held: _Held | None = None
         self._control_declared = False
+        self._pools: set[str] = set()
 
     def _send(
         self,
@@ -303,6 +304,13 @@ class Publisher:
         self.publish(env, topology.JOB_KEY)
 
     def task(self, env: messages.Envelope, pool: str) -> None:
+        """To ``pool``'s task queue, declared first (once per publisher): a pool's queue
+        may not exist yet when its first job is fanned out (a worker paired minutes ago
+        and not connected yet). SQS creates a missing queue in ``_send_to_queue``."""
+        if not self._sqs and pool not in self._pools:
+            queue = topology.task_queue(self.broker.prefix, pool, self.broker.delivery_limit)
+            queue.bind(self._producer.channel).declare()
+            self._pools.add(pool)
         self.publish(env, topology.task_key(pool))
 
     def event(self, env: messages.Envelope) -> None:

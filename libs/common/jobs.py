@@ -84,21 +84,25 @@ def create_csv_job(
     return job
 
 
-def create_canary_job(session: Session, *, job_id: str, tasks: int, seconds: float) -> Job:
+def create_canary_job(
+    session: Session, *, job_id: str, tasks: int, seconds: float, pool: str = "shared"
+) -> Job:
     job = Job(
         id=job_id, kind=CANARY, state=QUEUED, params={"tasks": tasks, "seconds": seconds},
-        created_at=now(),
+        created_at=now(), pool=pool,
     )  # fmt: skip
     session.add(job)
     outbox.add(session, topology.JOB_KEY, messages.envelope(job_id, messages.JobRequested(CANARY)))
     return job
 
 
-def create_track_job(session: Session, *, job_id: str, kind: str, params: dict[str, Any]) -> Job:
+def create_track_job(
+    session: Session, *, job_id: str, kind: str, params: dict[str, Any], pool: str = "shared"
+) -> Job:
     """A Last.fm or audio-folder job; the dispatcher lists its tracks when it fans it out."""
     if kind not in TRACK_KINDS:
         raise ValueError(f"not a track job kind: {kind!r}")
-    job = Job(id=job_id, kind=kind, state=QUEUED, params=params, created_at=now())
+    job = Job(id=job_id, kind=kind, state=QUEUED, params=params, created_at=now(), pool=pool)
     session.add(job)
     outbox.add(session, topology.JOB_KEY, messages.envelope(job_id, messages.JobRequested(kind)))
     return job

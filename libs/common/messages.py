@@ -107,6 +107,14 @@ class JobCancelled(msgspec.Struct, tag="job.cancelled", frozen=True):
     """Broadcast to workers: drop the remaining tasks of this job."""
 
 
+class WorkerRevoked(msgspec.Struct, tag="worker.revoked", frozen=True):
+    """Broadcast to workers: the worker with this registry id, or every worker process
+    paired under ``paired_id``, must stop taking work now (its token was revoked)."""
+
+    worker_id: str = ""
+    paired_id: str = ""
+
+
 class Capabilities(msgspec.Struct, frozen=True):
     """What a worker can run: its handlers' names, whether it has ffmpeg, its CPU cores."""
 
@@ -142,12 +150,14 @@ class Heartbeat(msgspec.Struct, tag="worker.heartbeat", frozen=True):
     current_job: str | None = None
     interval: float = 5.0
     started_at: float = 0.0
+    #: The pairing this worker process runs under ("" for an operator-run worker).
+    paired_id: str = ""
 
 
 TaskBody = CsvTask | CanaryTask | TrackTask
 Body = (
     JobRequested | CsvTask | CanaryTask | TrackTask | TrackProgress | TaskResult | JobCancelled
-    | Heartbeat
+    | WorkerRevoked | Heartbeat
 )  # fmt: skip
 
 

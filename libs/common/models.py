@@ -185,8 +185,10 @@ class Worker(Base):
     started_at: Mapped[float] = mapped_column(Float)
     sent_at: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float, index=True)
-    # Reserved for pairing: when the worker's credentials were revoked.
+    #: When this worker was revoked (``DELETE /api/workers/{id}``, by either id).
     revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+    #: The ``WorkerToken`` this process runs under; None for an operator-run worker.
+    paired_id: Mapped[str | None] = mapped_column(String(128), default=None, index=True)
 
 
 class Pairing(Base):

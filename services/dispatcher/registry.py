@@ -19,14 +19,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from libs.common import messages
-from libs.common.models import Worker, now
+from libs.common.models import Worker, WorkerToken, now
 
 ONLINE, STOPPING, OFFLINE, STOPPED = "online", "stopping", "offline", "stopped"
 STATUSES = (ONLINE, STOPPING, OFFLINE, STOPPED)
 
 
-def record(session: Session, beat: messages.Heartbeat, sent_at: float) -> None:
-    """Keep ``beat`` unless a heartbeat sent after it is already stored."""
+def record(session: Session, beat: messages.Heartbeat, sent_at: float) -> bool:
+    """Keep ``beat`` unless a heartbeat sent after it is already stored. True when the
+    worker has been revoked (by its registry id or its pairing) and is still running: the
+    caller tells it again to stop, in case it missed the broadcast sent at revocation."""
     values: dict[str, Any] = {
         "name": beat.name[:128], "pool": beat.pool[:64], "host": beat.host[:255],
         "pid": beat.pid, "version": beat.version[:64],
@@ -34,7 +36,7 @@ def record(session: Session, beat: messages.Heartbeat, sent_at: float) -> None:
         "in_flight": beat.in_flight, "processed": beat.processed, "failed": beat.failed,
         "items_per_second": beat.items_per_second, "current_job": beat.current_job,
         "interval": beat.interval, "started_at": beat.started_at, "sent_at": sent_at,
-        "last_seen": now(),
+        "last_seen": now(), "paired_id": beat.paired_id[:128] or None,
     }  # fmt: skip
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -46,6 +48,18 @@ def record(session: Session, beat: messages.Heartbeat, sent_at: float) -> None:
             where=Worker.sent_at < statement.excluded.sent_at,
         )
     )
+    return beat.state != messages.W_STOPPED and _revoked(session, beat)
+
+
+def _revoked(session: Session, beat: messages.Heartbeat) -> bool:
+    worker = session.get(Worker, beat.worker_id[:128])
+    if worker is None:
+        return False
+    if worker.revoked_at is None and beat.paired_id:
+        token = session.get(WorkerToken, beat.paired_id[:128])
+        if token is not None and token.revoked_at is not None:
+            worker.revoked_at = token.revoked_at  # a process started after the revocation
+    return worker.revoked_at is not None
 
 
 def _capabilities(caps: messages.Capabilities) -> dict[str, Any]:

@@ -134,7 +134,7 @@ class Dispatcher:
         body = env.body
         try:
             if isinstance(body, messages.Heartbeat):
-                self._record_heartbeat(env, body)
+                self._record_heartbeat(session, env, body)
                 message.ack()
                 return
             if isinstance(body, messages.TrackProgress):
@@ -173,15 +173,32 @@ class Dispatcher:
         message.ack()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _record_heartbeat(self, env: messages.Envelope, beat: messages.Heartbeat) -> None:
-        """A heartbeat is not retried: the worker sends a newer one within seconds."""
+    def _record_heartbeat(
+        self, session: BrokerSession, env: messages.Envelope, beat: messages.Heartbeat
+    ) -> None:
+        """A heartbeat is not retried: the worker sends a newer one within seconds. A
+        revoked worker that is still beating is told again to stop (it may have been
+        disconnected when the revocation was broadcast)."""
+        revoked = [False]
+
+        def record(s: Session) -> None:
+            revoked[0] = registry.record(s, beat, env.sent_at)
+
         try:
-            self._in_tx(lambda s: registry.record(s, beat, env.sent_at))
+            self._in_tx(record)
         except (OSError, OperationalError) as exc:
             log.warning(
                 "heartbeat of worker %s not recorded: %s", beat.name, describe(exc),
                 extra={"action": "heartbeat_lost"},
             )  # fmt: skip
+            return
+        if revoked[0]:
+            log.info(
+                "revoked worker %s is still running: telling it to stop", beat.name,
+                extra={"action": "worker_revoked"},
+            )  # fmt: skip
+            stop = messages.WorkerRevoked(worker_id=beat.worker_id, paired_id=beat.paired_id)
+            session.publisher.control(messages.envelope("", stop))
 
     def _in_tx(self, fn: Callable[[Session], object]) -> None:
         with self.sessions() as s, s.begin():

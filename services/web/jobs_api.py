@@ -12,8 +12,9 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Response, Stream
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from libs.common import jobs, mapping
+from libs.common import jobs, mapping, pools
 from libs.common.audio import sources
 from libs.common.models import COMPLETED, ItemError, Job
 from libs.common.runtime import Components
@@ -41,7 +42,8 @@ class JobsController(Controller):
 
     @post("/csv", status_code=202, request_max_body_size=None)
     async def submit_csv(self, request: Request, state: State) -> Response[schemas.JobView]:
-        """Upload a CSV (multipart field `file`) with an optional JSON `mapping` spec."""
+        """Upload a CSV (multipart field `file`) with an optional JSON `mapping` spec and an
+        optional `pool` (default `shared`; a pairing's pool in remote worker mode)."""
         c = _components(state)
         job_id = jobs.new_job_id()
         key = jobs.upload_key(job_id)
@@ -70,8 +72,9 @@ class JobsController(Controller):
         c = _components(state)
         job_id = jobs.new_job_id()
         with c.sessions() as session, session.begin():
+            pool = _pool(session, data.pool)
             job = jobs.create_canary_job(
-                session, job_id=job_id, tasks=data.tasks, seconds=data.seconds
+                session, job_id=job_id, tasks=data.tasks, seconds=data.seconds, pool=pool
             )
         return _accepted(state, job)
 
@@ -92,7 +95,7 @@ class JobsController(Controller):
             )
         params = {"username": data.username, "source": data.source,
                   "period": data.period or "overall", "limit": data.limit}  # fmt: skip
-        return _submit_tracks(state, jobs.LASTFM, params)
+        return _submit_tracks(state, jobs.LASTFM, params, data.pool)
 
     @post("/audio", status_code=202, sync_to_thread=True)
     def submit_audio(
@@ -106,7 +109,8 @@ class JobsController(Controller):
             )
         except ValueError as exc:
             raise upload.unprocessable(f"invalid prefix: {exc}") from None
-        return _submit_tracks(state, jobs.AUDIO, {"prefix": prefix, "limit": data.limit})
+        params = {"prefix": prefix, "limit": data.limit}
+        return _submit_tracks(state, jobs.AUDIO, params, data.pool)
 
     @get("/", sync_to_thread=True)
     def list_jobs(self, state: State, limit: Limit = 50, offset: Offset = 0) -> schemas.JobPage:
@@ -182,11 +186,22 @@ def _lifecycle(fn: Callable[[], T], job_id: str) -> T:
         raise HTTPException(status_code=409, detail=str(exc)) from None
 
 
-def _submit_tracks(state: State, kind: str, params: dict[str, object]) -> Response[schemas.JobView]:
+def _submit_tracks(
+    state: State, kind: str, params: dict[str, object], pool: str | None
+) -> Response[schemas.JobView]:
     job_id = jobs.new_job_id()
     with _components(state).sessions() as session, session.begin():
-        job = jobs.create_track_job(session, job_id=job_id, kind=kind, params=params)
+        chosen = _pool(session, pool)
+        job = jobs.create_track_job(session, job_id=job_id, kind=kind, params=params, pool=chosen)
     return _accepted(state, job)
+
+
+def _pool(session: Session, pool: str | None) -> str:
+    """The job's pool: ``shared`` unless one is named; 422/409 if no worker serves it."""
+    try:
+        return pools.check(session, pool)
+    except pools.PoolError as exc:
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
 
 
 def _accepted(state: State, job: Job) -> Response[schemas.JobView]:
@@ -202,6 +217,7 @@ def _create(c: Components, job_id: FromPath[str], received: upload.Upload, spec_
         return jobs.create_csv_job(
             session, job_id=job_id, source_bytes=received.size, header=received.header,
             spec_json=spec_json, filename=received.filename,
+            pool=_pool(session, received.pool),
         )  # fmt: skip
 
 

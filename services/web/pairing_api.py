@@ -20,9 +20,10 @@ from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import Body, FromPath
-from sqlalchemy import select, update
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.orm import Session
 
-from libs.common import pairing
+from libs.common import messages, outbox, pairing, pools
 from libs.common.models import Pairing, Worker, WorkerToken, now
 from libs.common.runtime import Components
 from libs.common.settings import Settings
@@ -67,6 +68,13 @@ class NewPairing(msgspec.Struct):
     pool: str
     expires_at: str
     state: str
+
+
+class PairingRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Which pool the paired worker serves: a new private pool (the default), ``shared``,
+    or the pool of an earlier pairing (two machines for one remote worker mode)."""
+
+    pool: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class PairRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -139,16 +147,21 @@ class PairingsController(Controller):
     path = "/api/pairings"
 
     @post("/", sync_to_thread=True)
-    def create_pairing(self, state: State) -> NewPairing:
-        """A one-time code for a worker, valid 10 minutes (the body, if any, is ignored)."""
+    def create_pairing(
+        self, state: State, data: Annotated[PairingRequest | None, Body()] = None
+    ) -> NewPairing:
+        """A one-time code for a worker, valid 10 minutes. The worker serves a new pool of
+        its own unless the body names ``shared`` or an earlier pairing's pool."""
         _key(state)
         c: Components = state.components
         code, at = pairing.new_code(), now()
-        row = Pairing(
-            id=uuid.uuid4().hex, code_hash=pairing.code_hash(code), pool=pairing.new_pool(),
-            created_at=at, expires_at=at + pairing.CODE_TTL_SECONDS,
-        )  # fmt: skip
+        wanted = data.pool if data is not None else None
         with c.sessions() as session, session.begin():
+            row = Pairing(
+                id=uuid.uuid4().hex, code_hash=pairing.code_hash(code),
+                pool=_pairing_pool(session, wanted), created_at=at,
+                expires_at=at + pairing.CODE_TTL_SECONDS,
+            )  # fmt: skip
             session.add(row)
         log.info(
             "pairing %s created for pool %s", row.id, row.pool, extra={"action": "pairing_new"}
@@ -258,14 +271,22 @@ class PairedWorkersController(Controller):
 
 
 def revoke_worker(c: Components, worker_id: str) -> PairedWorkerView:
-    """Revoke a worker: its token stops working (a running worker is not stopped)."""
+    """Revoke a worker, by its pairing's id or a registry id: its token stops working, and
+    a broadcast tells the running processes to stop taking work (the dispatcher repeats it
+    at their next heartbeat, for one that was disconnected)."""
     at = now()
     with c.sessions() as session, session.begin():
         token = session.get(WorkerToken, worker_id)
         worker = session.get(Worker, worker_id)
         if token is None and worker is None:
             raise NotFoundException(detail=f"no worker with id {worker_id!r}")
-        for row in (token, worker):
+        paired_id = token.worker_id if token is not None else (worker and worker.paired_id) or ""
+        processes = session.scalars(
+            select(Worker).where(
+                or_(Worker.id == worker_id, Worker.paired_id == (paired_id or worker_id))
+            )
+        ).all()
+        for row in (token, *processes):
             if row is not None and row.revoked_at is None:
                 row.revoked_at = at
         if token is not None:
@@ -278,8 +299,24 @@ def revoke_worker(c: Components, worker_id: str) -> PairedWorkerView:
             view = PairedWorkerView(
                 worker.id, worker.name, worker.pool, None, _iso(worker.revoked_at)
             )
+        stop = messages.WorkerRevoked(worker_id=worker_id, paired_id=paired_id)
+        outbox.add(session, outbox.CONTROL, messages.envelope("", stop))
     log.info("worker %s revoked", worker_id, extra={"action": "worker_revoked"})
     return view
+
+
+def _pairing_pool(session: Session, wanted: str | None) -> str:
+    if wanted is None:
+        return pairing.new_pool()
+    if wanted == pools.SHARED:
+        return wanted
+    if session.scalar(select(exists().where(Pairing.pool == wanted))):
+        return wanted
+    raise HTTPException(
+        status_code=422,
+        detail=f"no pairing has pool {wanted!r}: name 'shared', a pool shown by an earlier "
+        "pairing, or none (a new pool)",
+    )
 
 
 def _refusal(row: Pairing | None, at: float) -> tuple[int, str] | None:

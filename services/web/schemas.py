@@ -76,11 +76,16 @@ class ErrorPage(msgspec.Struct):
     offset: int
 
 
+#: Which workers run the job: "shared" (the default) or a pairing's pool (remote worker mode).
+Pool = Annotated[str, msgspec.Meta(max_length=64)] | None
+
+
 class CanaryRequest(msgspec.Struct, forbid_unknown_fields=True):
     """N tasks that each hold a worker for ``seconds``: a deployment smoke test."""
 
     tasks: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
     seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    pool: Pool = None
 
 
 Username = Annotated[str, msgspec.Meta(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -93,6 +98,7 @@ class LastfmRequest(msgspec.Struct, forbid_unknown_fields=True):
     source: Literal["top", "loved", "recent"] = "top"
     period: Literal["overall", "7day", "1month", "3month", "6month", "12month"] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+    pool: Pool = None
 
 
 class AudioRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,6 +106,7 @@ class AudioRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
     limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10_000
+    pool: Pool = None
 
 
 class TrackView(msgspec.Struct):

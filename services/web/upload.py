@@ -23,7 +23,10 @@ from libs.common.storage import Storage
 BLOCK = 1 << 20
 MAX_SPEC_BYTES = 1 << 20
 FORM_OVERHEAD = 64 << 10
-FIELDS = ("file", "mapping")
+FIELDS = ("file", "mapping", "pool")
+#: The small text fields: their largest value in bytes, and what errors call them.
+TEXT_LIMITS = {"mapping": MAX_SPEC_BYTES, "pool": 64}
+TEXT_NAMES = {"mapping": "the mapping spec", "pool": "the pool name"}
 
 
 class UploadError(HTTPException):
@@ -44,6 +47,7 @@ class Upload:
     size: int
     filename: str
     mapping: str | None
+    pool: str | None = None
 
 
 class _Sink:
@@ -112,7 +116,7 @@ class _Receiver:
         self.size = 0
         self.seen = 0
         self.buffer = bytearray()
-        self.spec: bytearray | None = None
+        self.texts: dict[str, bytearray] = {}
 
     def count(self, n: int) -> None:
         self.seen += n
@@ -134,14 +138,18 @@ class _Receiver:
             self.buffer += event
             if len(self.buffer) >= BLOCK:
                 await self._flush()
-        elif self.field == "mapping" and self.spec is not None:
-            self.spec += event
-            if len(self.spec) > MAX_SPEC_BYTES:
-                raise unprocessable(f"the mapping spec exceeds {MAX_SPEC_BYTES} bytes")
+        elif self.field in self.texts:
+            text = self.texts[self.field]
+            text += event
+            if len(text) > TEXT_LIMITS[self.field]:
+                limit = TEXT_LIMITS[self.field]
+                raise unprocessable(f"{TEXT_NAMES[self.field]} exceeds {limit} bytes")
 
     async def _start(self, segment: multipart.MultipartSegment) -> None:
         if segment.name not in FIELDS:
-            raise unprocessable(f"unknown form field {segment.name!r} (expected: file, mapping)")
+            raise unprocessable(
+                f"unknown form field {segment.name!r} (expected: file, mapping, pool)"
+            )
         self.field = segment.name
         if segment.name == "file":
             if self.sink is not None:
@@ -149,9 +157,9 @@ class _Receiver:
             self.filename = segment.filename or "upload.csv"
             self.sink = await anyio.to_thread.run_sync(_Sink, self.storage, self.key)
         else:
-            if self.spec is not None:
-                raise unprocessable("send at most one 'mapping' field")
-            self.spec = bytearray()
+            if segment.name in self.texts:
+                raise unprocessable(f"send at most one {segment.name!r} field")
+            self.texts[segment.name] = bytearray()
 
     async def _flush(self) -> None:
         if self.sink is not None and self.buffer:
@@ -161,14 +169,17 @@ class _Receiver:
     async def finish(self) -> Upload:
         if self.sink is None:
             raise unprocessable("the form has no 'file' field with the CSV")
-        try:
-            spec = self.spec.decode("utf-8") if self.spec is not None else None
-        except UnicodeDecodeError:
-            raise unprocessable("the mapping spec is not valid UTF-8") from None
+        texts: dict[str, str] = {}
+        for name, raw in self.texts.items():
+            try:
+                texts[name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise unprocessable(f"{TEXT_NAMES[name]} is not valid UTF-8") from None
         await self._flush()
         header = await anyio.to_thread.run_sync(self.sink.commit)
         self.sink = None
-        return Upload(header, self.size, self.filename, spec)
+        pool = texts.get("pool", "").strip() or None
+        return Upload(header, self.size, self.filename, texts.get("mapping"), pool)
 
     async def abort(self) -> None:
         if self.sink is not None:

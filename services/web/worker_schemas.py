@@ -28,6 +28,10 @@ class WorkerView(msgspec.Struct):
     failed: int
     items_per_second: float
     heartbeat_seconds: float
+    #: The pairing it runs under (``DELETE /api/workers/{paired_id}`` revokes all its
+    #: processes); None for an operator-run worker.
+    paired_id: str | None = None
+    revoked_at: str | None = None
 
 
 class WorkerPage(msgspec.Struct):
@@ -53,4 +57,6 @@ def worker_view(worker: Worker, status: str, at: float) -> WorkerView:
         current_job=worker.current_job, in_flight=worker.in_flight,
         processed=worker.processed, failed=worker.failed,
         items_per_second=worker.items_per_second, heartbeat_seconds=worker.interval,
+        paired_id=worker.paired_id,
+        revoked_at=None if worker.revoked_at is None else _iso(worker.revoked_at),
     )  # fmt: skip

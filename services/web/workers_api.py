@@ -61,5 +61,8 @@ class WorkersController(Controller):
 
     @delete("/{worker_id:str}", status_code=200, sync_to_thread=True)
     def revoke(self, state: State, worker_id: FromPath[str]) -> PairedWorkerView:
-        """Revoke a worker's token: refreshing with it answers 401 from now on."""
-        return revoke_worker(state.components, worker_id)
+        """Revoke a worker (by its pairing's id or a registry id): its token no longer
+        pairs or refreshes, and its running processes stop taking work at once."""
+        view = revoke_worker(state.components, worker_id)
+        state.relay.wake()
+        return view

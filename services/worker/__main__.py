@@ -30,8 +30,13 @@ DESCRIPTION = (
     "--server it uses BROKER_URL and --pool. While it works, the terminal shows live "
     "progress (--plain: one line per change; --quiet: none). SIGTERM or Ctrl-C: stop "
     "fetching, finish in-flight tasks within SHUTDOWN_GRACE_SECONDS, hand the rest back, "
-    "exit 0. A second signal exits at once (the broker redelivers unacknowledged tasks)."
+    "exit 0. A second signal exits at once (the broker redelivers unacknowledged tasks). "
+    "A worker revoked in the app stops at once, hands its tasks back, deletes its saved "
+    "token and exits 3."
 )
+
+#: The exit status of a worker revoked in the app (systemd: RestartPreventExitStatus=3).
+EXIT_REVOKED = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         except PairingError as exc:
             parser.error(str(exc))
     settings = runtime.load_settings()
-    name = args.name
+    name, paired_id = args.name, ""
     if args.server is not None:
-        settings, name = _pair(args, settings)
+        settings, name, paired_id = _pair(args, settings)
     elif settings.embedded:
         runtime.fail(
             "BROKER_URL: not set. A separate worker needs a shared broker (amqp:// or sqs://), "
@@ -90,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("pool", args.pool), ("concurrency", args.concurrency)) if v}
     settings = settings.replace(**overrides)
     runtime.check_ffmpeg(settings)
-    options = Options(name, args.drain, args.max_idle, lent=args.server is not None)
+    options = Options(
+        name, args.drain, args.max_idle, lent=args.server is not None, paired_id=paired_id
+    )
     return _work(settings, options, args)
 
 
@@ -115,13 +122,30 @@ def _work(settings: Settings, options: Options, args: argparse.Namespace) -> int
     finally:
         if display is not None:
             display.stop()
+    status = _revoked(worker) if worker.revoked.is_set() else 0
     if worker.unfinished:
-        os._exit(0)  # running handlers cannot be interrupted; their tasks were handed back
-    return 0
+        os._exit(status)  # running handlers cannot be interrupted; their tasks were handed back
+    return status
 
 
-def _pair(args: argparse.Namespace, settings: Settings) -> tuple[Settings, str]:
-    """The settings and name the server gives this worker; exit 1 (2: usage) if it won't."""
+def _revoked(worker: Worker) -> int:
+    """Revoked in the app: the saved token is useless now, so delete it; exit 3."""
+    file = config.path(os.environ)
+    with contextlib.suppress(config.ConfigError):
+        saved = config.load(file)
+        if saved is not None and saved.worker_id == worker.options.paired_id:
+            config.forget(file)
+    print(
+        "conveyor: this worker was revoked in the app; its saved token was deleted. To "
+        "lend this machine again, pair it with a new code.",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
+    return EXIT_REVOKED
+
+
+def _pair(args: argparse.Namespace, settings: Settings) -> tuple[Settings, str, str]:
+    """The settings, name and paired id the server gives this worker; exit 1 (2: usage)
+    if it won't."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
     pairing = remote.Pairing(
         server=args.server,
@@ -133,7 +157,7 @@ def _pair(args: argparse.Namespace, settings: Settings) -> tuple[Settings, str]:
     )
     try:
         answer = pairing.connect()
-        return remote.apply(settings, answer, os.environ), answer.name
+        return remote.apply(settings, answer, os.environ), answer.name, answer.worker_id
     except remote.UsageError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

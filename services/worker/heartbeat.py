@@ -73,9 +73,11 @@ class Heartbeats:
         broker: Broker,
         *,
         ffmpeg: bool,
+        paired_id: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.worker_id, self.name, self.pool = worker_id, name, settings.pool
+        self.paired_id = paired_id
         self.capabilities = capabilities(settings, ffmpeg=ffmpeg)
         self.interval = interval(settings, broker)
         self.host, self.pid, self.version = socket.gethostname(), os.getpid(), version()
@@ -124,5 +126,5 @@ class Heartbeats:
             in_flight=snapshot.in_flight, processed=snapshot.processed, failed=snapshot.failed,
             items_per_second=round(self.items_per_second(), 2),
             current_job=snapshot.current_job, interval=self.interval,
-            started_at=self.started_at,
+            started_at=self.started_at, paired_id=self.paired_id,
         )  # fmt: skip

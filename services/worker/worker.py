@@ -96,6 +96,8 @@ class Options:
     max_idle: float | None = None
     #: Working for a hosted Conveyor (``--server``): never read this machine's own files.
     lent: bool = False
+    #: The pairing (worker token) this process runs under, sent in its heartbeats.
+    paired_id: str = ""
 
 
 class Worker:
@@ -119,8 +121,11 @@ class Worker:
         self.processed = self.failed = 0
         self.audio = _audio_config(settings, self.id, local_files=not self.options.lent)
         self.beats = Heartbeats(
-            self.id, self.name, settings, broker, ffmpeg=self.audio.ffmpeg is not None
-        )
+            self.id, self.name, settings, broker, ffmpeg=self.audio.ffmpeg is not None,
+            paired_id=self.options.paired_id,
+        )  # fmt: skip
+        #: Set when the app revoked this worker: it stops at once and hands work back.
+        self.revoked = threading.Event()
         self._progress: deque[messages.TrackProgress] = deque(maxlen=10_000)
         self._idle_since = time.monotonic()
         self._deadline: float | None = None
@@ -205,7 +210,24 @@ class Worker:
         else:
             if isinstance(env.body, messages.JobCancelled):
                 self._remember_cancel(env.job_id)
+            elif isinstance(env.body, messages.WorkerRevoked) and self._is_me(env.body):
+                self._revoke()
         message.ack()
+
+    def _is_me(self, revoked: messages.WorkerRevoked) -> bool:
+        if revoked.worker_id == self.id:
+            return True
+        mine = self.options.paired_id
+        return bool(mine) and mine in (revoked.worker_id, revoked.paired_id)
+
+    def _revoke(self) -> None:
+        if not self.revoked.is_set():
+            log.warning(
+                "this worker was revoked in the app: it stops taking work and hands back "
+                "%d unfinished tasks", self.unfinished, extra={"action": "revoked"},
+            )  # fmt: skip
+        self.revoked.set()
+        self.request_stop()
 
     # -- loop callbacks (the loop's own thread) -------------------------------------------
     def _on_connect(self, session: Session) -> None:
@@ -318,7 +340,9 @@ class Worker:
     def _shutdown_step(self, session: Session) -> None:
         if self._deadline is None:
             self.loop.cancel_consumer()
-            self._deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+            # Revoked: no grace. Unfinished tasks go back to the broker for other workers.
+            grace = 0.0 if self.revoked.is_set() else self.settings.shutdown_grace_seconds
+            self._deadline = time.monotonic() + grace
             log.info(
                 "stopping: finishing %d tasks in flight", self.unfinished,
                 extra={"action": "stopping"},

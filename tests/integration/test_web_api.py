@@ -389,11 +389,11 @@ FormParts = list[tuple[str, str | None, bytes]]
 FORM_PROBLEMS: dict[str, tuple[FormParts, str]] = {
     "unknown-field": (
         [("file", "a.csv", GOOD_CSV), ("mappings", None, b"{}")],
-        "unknown form field 'mappings' (expected: file, mapping)",
+        "unknown form field 'mappings' (expected: file, mapping, pool)",
     ),
     "unknown-field-first": (
         [("upload", "a.csv", GOOD_CSV)],
-        "unknown form field 'upload' (expected: file, mapping)",
+        "unknown form field 'upload' (expected: file, mapping, pool)",
     ),
     "no-file-field": (
         [("mapping", None, b"{}")],

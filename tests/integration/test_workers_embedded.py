@@ -7,12 +7,9 @@ the in-process dispatcher records it, and the API shows it.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-import pytest
 from litestar.testing import TestClient
 
 from libs.common import messages, settings, topology
@@ -22,20 +19,8 @@ from libs.common.runtime import build
 from libs.common.storage import Storage
 from services.web.app import create_app
 from services.worker.worker import Worker
-from tests.webapp import StartApp, detail
+from tests.webapp import StartApp, detail, poll
 
-DEADLINE = 30.0
-
-
-def poll(fetch: Any, done: Any, what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if done(value):
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"not {what} within {timeout} s: {value}")
-        time.sleep(0.05)
 
 
 def test_the_in_process_worker_is_listed_online_with_its_capabilities(

@@ -11,12 +11,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from libs.common import db, messages
 from libs.common.broker import Broker, SqsOptions
-from libs.common.models import Worker
+from libs.common.models import Worker, WorkerToken
 from libs.common.settings import load
 from services.dispatcher import registry
 from services.worker.heartbeat import RATE_WINDOW, Heartbeats, Snapshot
@@ -237,3 +237,24 @@ def test_page_lists_online_first_then_most_recent(sessions: sessionmaker[Session
         assert [w.id for w, _ in rows] == ["a"] and total == 3
         counts = registry.counts(s, 1090.0, 3)
         assert counts == {"online": 1, "stopping": 0, "offline": 1, "stopped": 1}
+
+
+def test_record_says_when_a_running_worker_was_revoked(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        s.add(WorkerToken(worker_id="p1", token_hash="h", name="lent", pool="remote-1"))
+        assert registry.record(s, heartbeat("w1", paired_id="p1"), sent_at=1.0) is False
+        assert registry.record(s, heartbeat("op"), sent_at=1.0) is False
+    with sessions() as s, s.begin():
+        s.execute(update(WorkerToken).values(revoked_at=50.0))
+    with sessions() as s, s.begin():
+        # a process of the revoked pairing (one started after the revocation, too)
+        assert registry.record(s, heartbeat("w1", paired_id="p1"), sent_at=2.0) is True
+        assert registry.record(s, heartbeat("w2", paired_id="p1"), sent_at=2.0) is True
+        assert registry.record(s, heartbeat("op"), sent_at=2.0) is False
+        # its last heartbeat: nothing more to tell it
+        assert registry.record(s, heartbeat("w1", "stopped", paired_id="p1"), sent_at=3.0) is False
+    with sessions() as s:
+        rows = {w.id: w for w in s.scalars(select(Worker))}
+    assert rows["w1"].revoked_at == rows["w2"].revoked_at == 50.0
+    assert rows["w1"].paired_id == "p1" and rows["op"].paired_id is None
+    assert rows["op"].revoked_at is None
