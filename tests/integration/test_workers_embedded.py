@@ -22,7 +22,6 @@ from services.worker.worker import Worker
 from tests.webapp import StartApp, detail, poll
 
 
-
 def test_the_in_process_worker_is_listed_online_with_its_capabilities(
     start_app: StartApp,
 ) -> None:
