@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -161,3 +162,40 @@ def test_embedded_default_pairs_with_a_key_of_its_own(start_app: StartApp) -> No
     answer = pair(app, new_pairing(app)["code"])
     assert answer.status_code == 200, answer.text
     assert refresh(app, answer.json()["token"]).status_code == 200
+
+
+def test_no_code_or_token_reaches_the_logs(
+    start_app: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every pairing path at DEBUG: no log record holds a code or a token in clear."""
+    caplog.set_level(logging.DEBUG)
+    app = start(start_app, PAIRING_ATTEMPTS_PER_MINUTE="2")
+    created = new_pairing(app)
+    code = created["code"]
+    answer = pair(app, code).json()
+    token = answer["token"]
+    assert refresh(app, token).status_code == 200
+    assert pair(app, code).status_code == 409  # reused
+    assert refresh(app, token + "x").status_code == 401
+    assert app.client.delete(f"/api/workers/{answer['worker_id']}").status_code == 200
+    assert refresh(app, token).status_code == 401
+    assert pair(app, "BCDF-GHJK").status_code == 429  # the 3rd attempt from this address
+    secrets = {code, code.replace("-", ""), code.lower(), token, token.removeprefix("cvw_")}
+    logged = [r.getMessage() + repr(r.__dict__) for r in caplog.records]
+    assert len(logged) >= 4  # pairing, refusal, revocation and throttling were logged
+    leaks = [(s, line) for line in logged for s in secrets if s in line]
+    assert leaks == []
+
+
+def test_sustained_guessing_is_held_to_the_cap() -> None:
+    """Ten minutes of 20 guesses a second from one address (a simulated clock): the
+    accepted guesses per second are the cap, 10 a minute."""
+    clock = [0.0]
+    throttle = pairing.Throttle(per_key=10, total=100, window=60, clock=lambda: clock[0])
+    accepted = 0
+    for step in range(10 * 60 * 20):
+        clock[0] = step / 20
+        accepted += throttle.attempt("203.0.113.9") is None
+    rate = accepted / 600
+    assert accepted == 100  # 10 in each of the 10 minutes
+    assert rate == pytest.approx(10 / 60)
