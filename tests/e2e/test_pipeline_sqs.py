@@ -90,9 +90,14 @@ def test_a_long_task_whose_worker_dies_is_run_by_another_after_the_timeout(
     created = httpx.post(f"{services.base}/api/jobs/canary", json={"tasks": 1, "seconds": 8})
     job_id = created.json()["id"]
     wait_for(lambda: "canary_start" in (services.tmp / "worker1.log").read_text(), 60, "task start")
+    services.start("worker2", "services.worker", "--name", "w2")  # waits, the task is hidden
+    log2 = services.tmp / "worker2.log"
+    wait_for(lambda: "taking tasks" in log2.read_text(), 60, "worker 2 started")
     services.procs["worker1"].kill()
     killed_at = time.monotonic()
-    services.start("worker2", "services.worker", "--name", "w2")
+    wait_for(lambda: "canary_start" in log2.read_text(), 60, "the task back, on worker 2")
+    back = time.monotonic() - killed_at
+    print(f"\nSQS: a killed worker's task came back after {back:.1f} s (visibility {VISIBILITY} s)")
     job = services.wait_state(job_id, {"completed", "failed"}, timeout=120)
     assert job["state"] == "completed", job
     assert time.monotonic() - killed_at >= VISIBILITY, "it came back only after the timeout"
