@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 
 class SettingsError(ValueError):
@@ -148,6 +148,18 @@ def _url_prefixes(raw: str) -> tuple[str, ...]:
         if urlsplit(prefix).scheme not in {"file", "s3"}:
             raise ValueError(f"{prefix!r}: use file:///dir/ or s3://bucket/prefix/ URLs")
     return tuple(storage_url(p) + "/" for p in prefixes)
+
+
+def _host_port(raw: str) -> str:
+    """``host`` or ``host:port`` (``[v6]:port`` too); a missing port is AMQP's 5672."""
+    parts = urlsplit(f"//{raw}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if parts.netloc != raw or not parts.hostname or "@" in raw or port == 0:
+        raise ValueError("expected host or host:port (no scheme, path or credentials)")
+    return raw if port else f"{raw}:5672"
 
 
 def _setting(env: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
@@ -303,6 +315,18 @@ class Settings:
         "SQS: create missing queues (with their redrive policy) and the control topic at "
         "start. false: the queues must exist (python -m infra.aws); no cancel broadcast.",
     )  # fmt: skip
+    broker_host: str | None = _setting(
+        "BROKER_HOST", _host_port, None,
+        "Host or host:port (port 5672 if none) of an AMQP broker: with BROKER_USER and "
+        "BROKER_PASSWORD it makes BROKER_URL when that is unset (for hosts that give parts).",
+    )  # fmt: skip
+    broker_user: str | None = _setting(
+        "BROKER_USER", _str, None, "The AMQP user with BROKER_HOST (ignored if BROKER_URL is set)."
+    )
+    broker_password: str | None = _setting(
+        "BROKER_PASSWORD", _str, None,
+        "The AMQP password with BROKER_HOST, any characters (ignored if BROKER_URL is set).",
+    )  # fmt: skip
 
     @property
     def embedded(self) -> bool:
@@ -337,6 +361,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             got = "a secret" if f.metadata["parse"] is _secret else repr(_redact(raw))
             raise SettingsError(f"{name}: {exc} (got {got})") from None
+    if "broker_url" not in values:
+        values["broker_url"] = _assembled_broker_url(values)
     loaded = Settings(**values)
     if loaded.sqs_wait_seconds * 4 > loaded.sqs_visibility_timeout:
         raise SettingsError(
@@ -345,6 +371,28 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             f"(got {loaded.sqs_wait_seconds!r})"
         )
     return loaded
+
+
+def _assembled_broker_url(values: Mapping[str, Any]) -> str | None:
+    """``amqp://user:password@host:port/`` from BROKER_HOST/USER/PASSWORD, quoted; or None.
+
+    For hosts that hand out a broker's address and credentials separately and cannot join
+    strings (Render's Blueprint): only when BROKER_URL is unset.
+    """
+    host = values.get("broker_host")
+    user, password = values.get("broker_user"), values.get("broker_password")
+    if host is None:
+        for name, value in (("BROKER_USER", user), ("BROKER_PASSWORD", password)):
+            if value is not None:
+                raise SettingsError(f"{name}: needs BROKER_HOST (or set BROKER_URL instead)")
+        return None
+    if (user is None) != (password is None):
+        missing = "BROKER_PASSWORD" if password is None else "BROKER_USER"
+        raise SettingsError(f"{missing}: not set, but BROKER_HOST is (set user and password)")
+    credentials = ""
+    if user is not None and password is not None:
+        credentials = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    return _broker_url(f"amqp://{credentials}{host}/")
 
 
 def _redact(raw: str) -> str:
