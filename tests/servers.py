@@ -2,7 +2,7 @@
 
 Plain Python, no pytest: each server runs from the system binaries (Debian
 packages, see ``scripts/install-servers``) in its own temporary directory,
-listening on free ports on 127.0.0.1 only.
+listening on free ports on 127.0.0.1 only (RabbitMQ: unless ``listen=`` says otherwise).
 
     with RabbitMQServer() as rabbit, PostgresServer() as pg:
         rabbit.url   # amqp://guest:guest@127.0.0.1:PORT//
@@ -422,6 +422,10 @@ class RabbitMQServer(_Server):
 
     ``extra_config`` adds ``key = value`` lines to its rabbitmq.conf, e.g.
     ``{"consumer_timeout": "5000"}``.
+
+    ``listen`` is the address its AMQP listener binds (default 127.0.0.1), e.g.
+    ``"0.0.0.0"`` for clients on other (network namespace) hosts; ``url_at(host)`` is the
+    URL they use. Erlang distribution and epmd stay on loopback whatever it is.
     """
 
     kind = "rabbitmq"
@@ -433,8 +437,10 @@ class RabbitMQServer(_Server):
         extra_config: Mapping[str, str] | None = None,
         start_timeout: float = 90.0,
         stop_timeout: float = 30.0,
+        listen: str = HOST,
     ) -> None:
         super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.listen = listen
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.nodename = f"conveyor-test-{self.port}@localhost"
@@ -451,6 +457,15 @@ class RabbitMQServer(_Server):
     def url(self) -> str:
         return f"amqp://guest:guest@{HOST}:{self.port}//"
 
+    def url_at(self, host: str) -> str:
+        """The URL as seen by a client that reaches this node at ``host`` (see ``listen``)."""
+        return f"amqp://guest:guest@{host}:{self.port}//"
+
+    @property
+    def _probe_host(self) -> str:
+        """Where the readiness probe connects: the listener, or loopback for a wildcard."""
+        return HOST if self.listen in ("0.0.0.0", "::", "") else self.listen
+
     @property
     def node_log(self) -> Path:
         return self.dir / "log" / f"{self.nodename}.log"
@@ -466,7 +481,7 @@ class RabbitMQServer(_Server):
             **_clean_env(("RABBITMQ_", "ERL_")),
             "HOME": str(d),  # the Erlang cookie lives here
             "RABBITMQ_NODENAME": self.nodename,
-            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_IP_ADDRESS": self.listen,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "ERL_EPMD_ADDRESS": HOST,
@@ -506,7 +521,7 @@ class RabbitMQServer(_Server):
         except ServerError as exc:
             raise self._fail(str(exc)) from None
         self._proc = self._spawn([server], env=env, log_name="rabbitmq.out")
-        self._wait_ready(lambda: amqp_answers(self.port))
+        self._wait_ready(lambda: amqp_answers(self.port, self._probe_host))
 
     def _graceful_stop(self, proc: subprocess.Popen[bytes]) -> None:
         # The start script traps SIGTERM and stops the node cleanly (1-3 s).
