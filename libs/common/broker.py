@@ -44,6 +44,10 @@ CAUSE_HEADER = "x-conveyor-cause"
 CONTENT_TYPE = "application/json"
 #: SQS takes at most this many seconds of per-message delay.
 SQS_MAX_DELAY = 900
+#: RabbitMQ: the longest wait for a publish confirm. A link that goes silent (no reset)
+#: would otherwise hold the publishing thread, and with it the heartbeat checks, until
+#: TCP gives up; a timeout is a connection error, so the caller reconnects.
+CONFIRM_TIMEOUT = 15.0
 
 
 class Broker:
@@ -277,6 +281,7 @@ class Publisher:
             mandatory=self.broker.kind == "amqp",  # no queue for it: raise, never drop
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+            **({"confirm_timeout": CONFIRM_TIMEOUT} if self.broker.kind == "amqp" else {}),
             **properties,
         )
 

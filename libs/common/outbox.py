@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from kombu import Connection
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -79,7 +80,7 @@ class Relay:
                     self._broker.declare(conn)
                     publisher = Publisher(self._broker, conn)
                     self.healthy.set()
-                    self._loop(publisher)
+                    self._loop(conn, publisher)
             except Exception as exc:  # broker or database down: keep rows, try again
                 self.healthy.clear()
                 log.warning(
@@ -88,9 +89,12 @@ class Relay:
                 )  # fmt: skip
                 self._stop.wait(self._interval)
 
-    def _loop(self, publisher: Publisher) -> None:
+    def _loop(self, conn: Connection, publisher: Publisher) -> None:
         while not self._stop.is_set():
             while relay_once(self._sessions, publisher):
                 pass
+            # An idle AMQP connection must send heartbeats, or the broker closes it and
+            # the next publish (a cancellation, a revocation) waits for a reconnect.
+            self._broker.heartbeat_check(conn)
             self._wake.wait(self._interval)
             self._wake.clear()

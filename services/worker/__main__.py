@@ -31,8 +31,7 @@ DESCRIPTION = (
     "progress (--plain: one line per change; --quiet: none). SIGTERM or Ctrl-C: stop "
     "fetching, finish in-flight tasks within SHUTDOWN_GRACE_SECONDS, hand the rest back, "
     "exit 0. A second signal exits at once (the broker redelivers unacknowledged tasks). "
-    "A worker revoked in the app stops at once, hands its tasks back, deletes its saved "
-    "token and exits 3."
+    "A worker revoked in the app stops at once, hands its tasks back and exits 3."
 )
 
 #: The exit status of a worker revoked in the app (systemd: RestartPreventExitStatus=3).
@@ -129,15 +128,11 @@ def _work(settings: Settings, options: Options, args: argparse.Namespace) -> int
 
 
 def _revoked(worker: Worker) -> int:
-    """Revoked in the app: the saved token is useless now, so delete it; exit 3."""
-    file = config.path(os.environ)
-    with contextlib.suppress(config.ConfigError):
-        saved = config.load(file)
-        if saved is not None and saved.worker_id == worker.options.paired_id:
-            config.forget(file)
+    """Revoked in the app: say so; exit 3. The saved token stays: started again, the
+    worker hears from the server that it was revoked, deletes it and says how to pair."""
     print(
-        "conveyor: this worker was revoked in the app; its saved token was deleted. To "
-        "lend this machine again, pair it with a new code.",
+        "conveyor: this worker was revoked in the app: it stopped and handed its tasks "
+        "back. To lend this machine again, pair it with a new code from the app.",
         file=sys.stderr, flush=True,
     )  # fmt: skip
     return EXIT_REVOKED

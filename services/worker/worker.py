@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 MAX_REMEMBERED_CANCELS = 10_000
 #: At shutdown, how long to wait for the control loop's current receive (SQS: at most 20 s).
 CONTROL_JOIN_SECONDS = 25.0
+#: The longest wait between the control connection's reconnection attempts.
+CONTROL_MAX_BACKOFF = 2.0
 
 
 @dataclass
@@ -134,9 +136,13 @@ class Worker:
             prefetch=settings.concurrency, tick=self._tick, on_connect=self._on_connect,
             wait_seconds=self._wait_seconds,
         )  # fmt: skip
+        # A broadcast sent while this connection is down is lost (the queue dies with it),
+        # so it reconnects fast after an outage; the dispatcher repeats a revocation at
+        # each heartbeat until one arrives.
         self.control = ConsumeLoop(
             broker, f"worker {self.name} control", lambda: [self.control_queue],
             self._on_control, prefetch=10, stop=self.loop.stop,
+            max_backoff=CONTROL_MAX_BACKOFF,
         )  # fmt: skip
 
     @property

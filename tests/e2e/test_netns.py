@@ -445,19 +445,18 @@ def test_paired_workers_on_other_hosts(cluster: Cluster, tmp_path: Path) -> None
     assert refused.status_code == 401, refused.text
     assert c.api("POST", "/api/jobs/canary", json={"tasks": 1, "seconds": 0, "pool": pool1}
                  ).status_code == 409  # fmt: skip
-    # Restarting it: the worker deleted its saved token when it was revoked, so it wants
-    # a new code...
-    assert not config1.exists()
+    # Restarting it: the server refuses the saved token; the worker says it was revoked
+    # and deletes the token...
+    assert config1.read_bytes() == kept
     again = c.start_worker(W1, run="#2")
-    assert again.wait(60) == 2
-    assert "--code CODE is needed" in c.log_paths[W1].read_text().splitlines()[-1]
-    # ...and a copy of the token kept elsewhere is refused by the server.
-    config1.write_bytes(kept)
-    again = c.start_worker(W1, run="#3")
     assert again.wait(60) == 1
     tail = c.log_paths[W1].read_text().splitlines()[-2:]
     assert "revoked" in tail[0] and "pair again" in tail[1], tail
     assert not config1.exists()
+    # ...so the next start wants a new code.
+    again = c.start_worker(W1, run="#3")
+    assert again.wait(60) == 2
+    assert "--code CODE is needed" in c.log_paths[W1].read_text().splitlines()[-1]
     assert c.workers()[W2]["status"] == "online"
 
     # -- nothing logged a pairing code or a token ----------------------------------------
