@@ -124,6 +124,15 @@ class Broker:
             queue.bind(channel).declare()
         topology.control_exchange(self.prefix).bind(channel).declare()
 
+    def declare_pool(self, conn: Connection, pool: str) -> None:
+        """Create ``pool``'s task queue if it is missing (on SQS with its redrive policy):
+        before a worker that may not declare queues starts to consume it."""
+        queue = topology.task_queue(self.prefix, pool, self.delivery_limit)
+        if self._admin is not None:
+            self._admin.ensure(queue.name)
+        else:
+            queue.bind(conn.default_channel).declare()
+
     def prepare(self, conn: Connection, queues: Iterable[Queue]) -> list[Queue]:
         """Declare ``queues`` so that they receive from now on, and return those this broker
         can serve. On SQS a queue is created with its redrive policy (or, with
@@ -131,9 +140,13 @@ class Broker:
         topic; without SQS_CREATE_QUEUES there are no control queues."""
         queues = list(queues)
         if self._admin is None:
+            prepared = []
             for queue in queues:
-                queue.bind(conn.default_channel).declare()
-            return queues
+                bound = queue.bind(conn.default_channel)
+                bound.declare()  # a no_declare queue must exist already (kombu skips it)
+                bound.no_declare = True  # the consumer must not declare it again: a
+                prepared.append(bound)  # server-named queue can't be (amq.* is reserved)
+            return prepared
         self._admin.ready()
         if not self.broadcasts:
             queues = [q for q in queues if not topology.is_control_queue(self.prefix, q.name)]
@@ -313,8 +326,7 @@ class Publisher:
         may not exist yet when its first job is fanned out (a worker paired minutes ago
         and not connected yet). SQS creates a missing queue in ``_send_to_queue``."""
         if not self._sqs and pool not in self._pools:
-            queue = topology.task_queue(self.broker.prefix, pool, self.broker.delivery_limit)
-            queue.bind(self._producer.channel).declare()
+            self.broker.declare_pool(self._conn, pool)
             self._pools.add(pool)
         self.publish(env, topology.task_key(pool))
 

@@ -187,6 +187,12 @@ class Settings:
         "QUEUE_PREFIX", _name, "conveyor", "Prefix of every exchange and queue name."
     )
     pool: str = _setting("WORKER_POOL", _name, "shared", "Worker: the pool whose tasks it takes.")
+    worker_declares: bool = _setting(
+        "WORKER_DECLARE", _bool, True,
+        "Worker: declare the queues and exchanges at start. false: they must exist (the "
+        "services declare them), as for the least-privilege worker user of infra/rabbitmq.py. "
+        "Paired workers never declare.",
+    )  # fmt: skip
     concurrency: int = _setting(
         "WORKER_CONCURRENCY", _positive_int, 1, "Worker: tasks run at once (threads)."
     )

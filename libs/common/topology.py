@@ -1,18 +1,23 @@
 """Queue topology as data: pure functions of names, no I/O.
 
-One direct exchange routes the three kinds of work by routing key:
+One topic exchange routes the three kinds of work by routing key (exact keys, so it
+routes as a direct exchange would; topic, so that RabbitMQ's topic permissions can let
+the least-privilege worker user of ``infra/rabbitmq.py`` publish ``event`` and nothing
+else):
 
     job           -> {p}.jobs            jobs to fan out (dispatcher)
     task.{pool}   -> {p}.tasks.{pool}    task batches (workers of that pool)
     event         -> {p}.events          results and progress (dispatcher)
 
-Retries go through one delay queue per tier: a fanout exchange ``{p}.retry.{n}s`` feeds a
-queue whose ``x-message-ttl`` is n seconds and which dead-letters back to the main
-exchange with the message's original routing key. (A per-message TTL would block behind
-the head of a shared queue.) Dead letters go to the fanout ``{p}.dlx`` and queue
-``{p}.dead``. Work queues are quorum queues with ``x-delivery-limit``: a message whose
-consumer dies on it again and again is dead-lettered by the broker. ``{p}.control`` is a
-fanout that reaches every live worker (cancellations).
+Retries go through one delay queue per tier: a topic exchange ``{p}.retry.{n}s`` (every
+key, ``#``, goes to its one queue) feeds a queue whose ``x-message-ttl`` is n seconds and
+which dead-letters back to the main exchange with the message's original routing key.
+(A per-message TTL would block behind the head of a shared queue.) Dead letters go to
+the fanout ``{p}.dlx`` and queue ``{p}.dead``. Work queues are quorum queues with
+``x-delivery-limit``: a message whose consumer dies on it again and again is
+dead-lettered by the broker. ``{p}.control`` is a fanout that reaches every live worker
+(cancellations, revocations); on RabbitMQ each worker's queue on it is server-named
+(``amq.gen-…``), so a worker needs no right to name queues.
 
 Virtual transports (the embedded ``memory://``) ignore queue arguments; the broker module
 stands in for TTL and DLX there.
@@ -38,7 +43,7 @@ def task_key(pool: str) -> str:
 
 
 def main_exchange(prefix: str) -> Exchange:
-    return Exchange(prefix, type="direct", durable=True)
+    return Exchange(prefix, type="topic", durable=True)
 
 
 def dead_exchange(prefix: str) -> Exchange:
@@ -46,19 +51,22 @@ def dead_exchange(prefix: str) -> Exchange:
 
 
 def retry_exchange(prefix: str, tier: int) -> Exchange:
-    return Exchange(f"{prefix}.retry.{tier}s", type="fanout", durable=True)
+    return Exchange(f"{prefix}.retry.{tier}s", type="topic", durable=True)
 
 
 def control_exchange(prefix: str) -> Exchange:
     return Exchange(f"{prefix}.control", type="fanout", durable=True)
 
 
-def _work_queue(prefix: str, name: str, key: str, delivery_limit: int) -> Queue:
+def _work_queue(
+    prefix: str, name: str, key: str, delivery_limit: int, *, declare: bool = True
+) -> Queue:
     return Queue(
         name,
         exchange=main_exchange(prefix),
         routing_key=key,
         durable=True,
+        no_declare=not declare,
         queue_arguments={
             "x-queue-type": "quorum",
             "x-delivery-limit": delivery_limit,
@@ -71,8 +79,10 @@ def job_queue(prefix: str, delivery_limit: int) -> Queue:
     return _work_queue(prefix, f"{prefix}.jobs", JOB_KEY, delivery_limit)
 
 
-def task_queue(prefix: str, pool: str, delivery_limit: int) -> Queue:
-    return _work_queue(prefix, f"{prefix}.tasks.{pool}", task_key(pool), delivery_limit)
+def task_queue(prefix: str, pool: str, delivery_limit: int, *, declare: bool = True) -> Queue:
+    """``declare=False``: consumed as it is (it must exist), never declared."""
+    name = f"{prefix}.tasks.{pool}"
+    return _work_queue(prefix, name, task_key(pool), delivery_limit, declare=declare)
 
 
 def event_queue(prefix: str, delivery_limit: int) -> Queue:
@@ -87,6 +97,7 @@ def retry_queue(prefix: str, tier: int) -> Queue:
     return Queue(
         f"{prefix}.retry.{tier}s",
         exchange=retry_exchange(prefix, tier),
+        routing_key="#",
         durable=True,
         queue_arguments={
             "x-message-ttl": tier * 1000,
@@ -95,11 +106,17 @@ def retry_queue(prefix: str, tier: int) -> Queue:
     )
 
 
-def control_queue(prefix: str, worker_id: str) -> Queue:
-    """Each worker's private queue on the control fanout; gone when the worker is."""
+def control_queue(prefix: str, worker_id: str, *, server_named: bool = False) -> Queue:
+    """Each worker's private queue on the control fanout; gone when the worker is.
+
+    ``server_named`` (RabbitMQ): the broker names it (``amq.gen-…``) and the exchange is
+    not declared, so a worker with the least rights can make it. SQS needs the name."""
+    exchange = control_exchange(prefix)
+    if server_named:
+        exchange = Exchange(exchange.name, type=exchange.type, durable=True, no_declare=True)
     return Queue(
-        f"{prefix}.control.{worker_id}",
-        exchange=control_exchange(prefix),
+        "" if server_named else f"{prefix}.control.{worker_id}",
+        exchange=exchange,
         durable=False,
         exclusive=True,
         auto_delete=True,

@@ -242,6 +242,7 @@ class PairedWorkersController(Controller):
             "worker %s (%s) paired into pool %s", worker_id, name, row.pool,
             extra={"action": "worker_paired"},
         )  # fmt: skip
+        _declare_pool(c, row.pool)
         view = _connection(c.settings, worker_id, name, row.pool)
         return PairedView(**msgspec.structs.asdict(view), token=token)
 
@@ -267,6 +268,7 @@ class PairedWorkersController(Controller):
                 raise HTTPException(status_code=401, detail="this worker token is not valid")
             if data.name.strip():
                 row.name = data.name.strip()
+        _declare_pool(c, row.pool)
         return _connection(c.settings, row.worker_id, row.name, row.pool)
 
 
@@ -303,6 +305,21 @@ def revoke_worker(c: Components, worker_id: str) -> PairedWorkerView:
         outbox.add(session, outbox.CONTROL, messages.envelope("", stop))
     log.info("worker %s revoked", worker_id, extra={"action": "worker_revoked"})
     return view
+
+
+def _declare_pool(c: Components, pool: str) -> None:
+    """Make sure the pool's task queue exists before its worker consumes it: a paired
+    worker declares nothing (its broker user may not). Best effort: if the broker is down
+    now, the first task published to the pool declares it too, and the worker retries."""
+    try:
+        with c.broker.connection() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+            c.broker.declare_pool(conn, pool)
+    except Exception as exc:
+        log.warning(
+            "could not declare the queue of pool %s: %s", pool, exc,
+            extra={"action": "pool_declare"},
+        )  # fmt: skip
 
 
 def _pairing_pool(session: Session, wanted: str | None) -> str:

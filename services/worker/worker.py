@@ -146,14 +146,23 @@ class Worker:
         )  # fmt: skip
 
     @property
+    def declares(self) -> bool:
+        """Whether this worker declares the topology. A paired worker never does: the
+        server owns it, and its broker user may have no right to (infra/rabbitmq.py)."""
+        return self.settings.worker_declares and not self.options.lent
+
+    @property
     def task_queue(self) -> Queue:
         return topology.task_queue(
-            self.broker.prefix, self.settings.pool, self.broker.delivery_limit
-        )
+            self.broker.prefix, self.settings.pool, self.broker.delivery_limit,
+            declare=self.declares,
+        )  # fmt: skip
 
     @property
     def control_queue(self) -> Queue:
-        return topology.control_queue(self.broker.prefix, self.id)
+        """On RabbitMQ the broker names it, so no right to name queues is needed."""
+        server_named = self.broker.kind == "amqp"
+        return topology.control_queue(self.broker.prefix, self.id, server_named=server_named)
 
     def _queues(self) -> list[Queue]:
         return [self.task_queue]
@@ -237,7 +246,8 @@ class Worker:
 
     # -- loop callbacks (the loop's own thread) -------------------------------------------
     def _on_connect(self, session: Session) -> None:
-        self.broker.declare(session.conn, pools=(self.settings.pool,))
+        if self.declares:
+            self.broker.declare(session.conn, pools=(self.settings.pool,))
         # Tasks taken on a lost connection will be redelivered; don't ack them here.
         self.in_flight = [f for f in self.in_flight if not f.future.done()]
 

@@ -29,14 +29,14 @@ def test_routing_keys() -> None:
 def test_exchange_names_derive_from_the_prefix(prefix: str) -> None:
     assert (topology.main_exchange(prefix).name, topology.main_exchange(prefix).type) == (
         prefix,
-        "direct",
+        "topic",
     )
     assert (topology.dead_exchange(prefix).name, topology.dead_exchange(prefix).type) == (
         f"{prefix}.dlx",
         "fanout",
     )
     assert topology.retry_exchange(prefix, 8).name == f"{prefix}.retry.8s"
-    assert topology.retry_exchange(prefix, 8).type == "fanout"
+    assert topology.retry_exchange(prefix, 8).type == "topic"
     assert topology.control_exchange(prefix).name == f"{prefix}.control"
     assert topology.control_exchange(prefix).type == "fanout"
     for exchange in (
@@ -64,7 +64,7 @@ def test_work_queues_are_quorum_with_delivery_limit_and_dlx(
     assert queue.name == name
     assert queue.routing_key == key
     assert queue.exchange.name == PREFIX
-    assert queue.exchange.type == "direct"
+    assert queue.exchange.type == "topic"
     assert queue.durable
     assert args(queue) == {
         "x-queue-type": "quorum",
@@ -87,7 +87,8 @@ def test_retry_queue_ttl_and_dead_letter_back_to_main(tier: int) -> None:
     queue = topology.retry_queue(PREFIX, tier)
     assert queue.name == f"cv.retry.{tier}s"
     assert queue.exchange.name == f"cv.retry.{tier}s"
-    assert queue.exchange.type == "fanout"
+    assert queue.exchange.type == "topic"
+    assert queue.routing_key == "#"  # every key: the tier's one queue
     assert queue.durable
     arguments = args(queue)
     assert arguments["x-message-ttl"] == tier * 1000
@@ -104,6 +105,13 @@ def test_control_queue_is_private_and_transient() -> None:
     assert queue.auto_delete
     assert not queue.durable
     assert topology.control_queue(PREFIX, "worker-2").name != queue.name
+
+
+def test_a_server_named_control_queue_declares_nothing_but_itself() -> None:
+    queue = topology.control_queue(PREFIX, "worker-1", server_named=True)
+    assert queue.name == ""  # RabbitMQ names it amq.gen-…
+    assert queue.exchange.name == "cv.control" and queue.exchange.no_declare
+    assert queue.exclusive and queue.auto_delete and not queue.durable
 
 
 def test_retry_tiers_are_increasing_powers_of_two() -> None:
