@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -85,19 +86,22 @@ class Heartbeats:
         self._clock = clock
         self._start = clock()
         self._done: deque[tuple[float, int]] = deque()  # (when, items) per finished task
+        self._lock = threading.Lock()  # the live display reads the rate from its thread
         self._next: float | None = None  # None: due now
 
     # -- counting --------------------------------------------------------------------------
     def count(self, items: int) -> None:
         """A task finished with ``items`` rows or tracks."""
-        self._done.append((self._clock(), items))
+        with self._lock:
+            self._done.append((self._clock(), items))
 
     def items_per_second(self) -> float:
         now = self._clock()
-        while self._done and self._done[0][0] <= now - RATE_WINDOW:
-            self._done.popleft()
-        span = max(1.0, min(RATE_WINDOW, now - self._start))
-        return sum(items for _, items in self._done) / span
+        with self._lock:
+            while self._done and self._done[0][0] <= now - RATE_WINDOW:
+                self._done.popleft()
+            done = sum(items for _, items in self._done)
+        return done / max(1.0, min(RATE_WINDOW, now - self._start))
 
     # -- sending (the loop's thread) -------------------------------------------------------
     def due(self) -> bool:
