@@ -44,14 +44,19 @@ def load_settings() -> settings.Settings:
     return loaded
 
 
-def broker(config: settings.Settings) -> Broker:
+def broker(config: settings.Settings, *, heartbeat: int | None = None) -> Broker:
+    """The broker of ``config``; ``heartbeat``: the AMQP heartbeat to ask for, in seconds
+    (the broker's default otherwise)."""
     sqs = SqsOptions(
         region=config.sqs_region,
         visibility_timeout=config.sqs_visibility_timeout,
         wait_seconds=config.sqs_wait_seconds,
         create_queues=config.sqs_create_queues,
     )
-    return Broker(config.effective_broker_url, config.queue_prefix, config.delivery_limit, sqs=sqs)
+    url, prefix, limit = config.effective_broker_url, config.queue_prefix, config.delivery_limit
+    if heartbeat is None:
+        return Broker(url, prefix, limit, sqs=sqs)
+    return Broker(url, prefix, limit, heartbeat=heartbeat, sqs=sqs)
 
 
 def build(config: settings.Settings) -> Components:

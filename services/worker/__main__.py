@@ -36,6 +36,10 @@ DESCRIPTION = (
 
 #: The exit status of a worker revoked in the app (systemd: RestartPreventExitStatus=3).
 EXIT_REVOKED = 3
+#: A worker asks RabbitMQ for AMQP heartbeats this often (the services keep Broker's 30 s):
+#: the broker gives a dead or cut-off worker's tasks back after about two missed ones.
+#: Its loop thread never blocks on work (tasks run in threads), so a short one is safe.
+AMQP_HEARTBEAT_SECONDS = 10
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _work(settings: Settings, options: Options, args: argparse.Namespace) -> int:
     """Run the worker, with its display, until it stops (on a signal, drained or idle)."""
-    worker = Worker(settings, Storage(settings.storage_url), runtime.broker(settings), options)
+    broker = runtime.broker(settings, heartbeat=AMQP_HEARTBEAT_SECONDS)
+    worker = Worker(settings, Storage(settings.storage_url), broker, options)
     display = Display.choose(worker, plain=args.plain, quiet=args.quiet)
 
     def on_signal(signum: int, _frame: object) -> None:

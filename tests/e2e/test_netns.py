@@ -55,6 +55,7 @@ from kombu import Connection
 
 from infra import rabbitmq as infra_rabbitmq
 from libs.common import topology
+from services.worker.__main__ import AMQP_HEARTBEAT_SECONDS
 from tests.conftest import in_ci
 from tests.e2e.harness import ROOT, SPEC, expected_output, make_csv, wait_for
 from tests.netns import NetnsUnavailable, Topology
@@ -64,11 +65,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 BEAT = 1.0  # HEARTBEAT_SECONDS: workers' heartbeats, and the revocation deadline
 MISSED = 3  # OFFLINE_AFTER_MISSED
-#: rabbitmq.conf ``heartbeat``: the AMQP heartbeat is negotiated to min(client's 30 s,
-#: this), and the broker closes a connection it has heard nothing on for two to three
-#: of them: that bounds how long a worker cut off the network keeps its unacked tasks
-#: (about 11 s here; about 87 s with RabbitMQ's default of 60 s, i.e. 30 s negotiated).
-BROKER_HEARTBEAT = 5
+#: The AMQP heartbeat a worker asks for (RabbitMQ's default is 60 s; the smaller wins).
+#: The broker closes a connection it has heard nothing on for two to three of them:
+#: that bounds how long a worker cut off the network keeps its unacked tasks.
+BROKER_HEARTBEAT = AMQP_HEARTBEAT_SECONDS
 #: How long after one heartbeat interval a revoked worker's process may still be exiting.
 REVOKE_SLACK = 2.0
 W1, W2 = "w1", "w2"
@@ -235,9 +235,9 @@ def cluster(net: Topology, tmp_path: Path) -> Iterator[Cluster]:
     stays in that namespace until teardown."""
     with contextlib.ExitStack() as stack:
         rabbit = RabbitMQServer(
+            # RabbitMQ's defaults (the worker asks for its own heartbeat). guest stays
+            # loopback-only: the workers log in as the least-privilege user.
             listen="0.0.0.0",
-            # guest stays loopback-only: the workers log in as the least-privilege user.
-            extra_config={"heartbeat": str(BROKER_HEARTBEAT)},
         )
         stack.callback(rabbit.close)
         pg = PostgresServer()
