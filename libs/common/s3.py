@@ -159,12 +159,25 @@ class Bucket:
         with self._lock:
             if self._client is None:
                 session = boto3.session.Session()  # the default session is not thread-safe
-                config = Config(max_pool_connections=32, user_agent_extra="conveyor")
+                config = Config(
+                    max_pool_connections=32, user_agent_extra="conveyor",
+                    signature_version="s3v4",  # presigned URLs too: SigV2 is retired
+                )  # fmt: skip
                 self._client = session.client("s3", endpoint_url=self._endpoint_url, config=config)
             return self._client
 
     def key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def presign(self, key: str, method: str, seconds: int) -> str:
+        """A URL that lets its holder GET or PUT the object ``key`` for ``seconds``,
+        signed with this process's credentials (no request is made)."""
+        operation = {"GET": "get_object", "PUT": "put_object"}[method]
+        return str(
+            self.client.generate_presigned_url(
+                operation, Params={"Bucket": self.name, "Key": key}, ExpiresIn=seconds
+            )
+        )
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[Writer]:

@@ -95,6 +95,16 @@ class Storage:
             return self._s3.open_read(self._key(key))
         return open(self._path(key), "rb")
 
+    @property
+    def can_presign(self) -> bool:
+        return self._s3 is not None
+
+    def presign(self, key: str, method: str, seconds: int) -> str:
+        """A URL to GET or PUT ``key`` for ``seconds`` without credentials (S3 only)."""
+        if self._s3 is None:
+            raise ValueError(f"{self.base_url}: only s3:// storage can presign URLs")
+        return self._s3.presign(self._key(key), method, seconds)
+
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)``: only that range is read (on S3, one ranged GET)."""
         if not 0 <= start <= end:

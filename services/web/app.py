@@ -27,6 +27,7 @@ from libs.common.similarity import VectorIndex
 from services.dispatcher.service import Dispatcher
 from services.web.jobs_api import JobsController
 from services.web.pairing_api import PairedWorkersController, PairingsController, pairing_state
+from services.web.task_urls_api import TaskUrlsController
 from services.web.tracks_api import TracksController
 from services.web.workers_api import WorkersController
 
@@ -98,6 +99,7 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
             WorkersController,
             PairingsController,
             PairedWorkersController,
+            TaskUrlsController,
             healthz,
             readyz,
             index,

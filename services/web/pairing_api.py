@@ -96,6 +96,9 @@ class ConnectionView(msgspec.Struct):
     queue_prefix: str
     storage_url: str | None
     heartbeat_seconds: float
+    #: CSV tasks: ask ``POST /api/workers/tasks/{id}/urls`` for presigned URLs (no storage
+    #: credentials needed) rather than use ``storage_url``.
+    task_urls: bool
 
 
 class PairedView(ConnectionView):
@@ -120,20 +123,40 @@ def _state(p: Pairing, at: float) -> str:
     return "expired" if p.expires_at <= at else "waiting"
 
 
-def _connection(settings: Settings, worker_id: str, name: str, pool: str) -> ConnectionView:
+def _connection(c: Components, worker_id: str, name: str, pool: str) -> ConnectionView:
+    settings = c.settings
     return ConnectionView(
         worker_id=worker_id, name=name, pool=pool,
         broker_url=settings.worker_broker_url or settings.effective_broker_url,
         queue_prefix=settings.queue_prefix, storage_url=settings.worker_storage_url,
         heartbeat_seconds=settings.heartbeat_seconds,
+        task_urls=settings.worker_storage_url is None and c.storage.can_presign,
     )  # fmt: skip
 
 
-def _key(state: State) -> bytes:
+def key_of(state: State) -> bytes:
     key: bytes | None = state.pairing.key
     if key is None:
         raise HTTPException(status_code=503, detail=NOT_CONFIGURED)
     return key
+
+
+def bearer(request: Request[object, object, State]) -> str:
+    """The worker token of ``Authorization: Bearer …``; 401 without one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(status_code=401, detail="a worker token is required (Bearer)")
+    return token.strip()
+
+
+def token_row(session: Session, key: bytes, token: str) -> WorkerToken:
+    """The live (unrevoked) token row for ``token``; 401 otherwise."""
+    row = session.scalar(
+        select(WorkerToken).where(WorkerToken.token_hash == pairing.token_hash(key, token))
+    )
+    if row is None or row.revoked_at is not None:
+        raise HTTPException(status_code=401, detail="this worker token is not valid")
+    return row
 
 
 def _client(request: Request[object, object, State]) -> str:
@@ -152,7 +175,7 @@ class PairingsController(Controller):
     ) -> NewPairing:
         """A one-time code for a worker, valid 10 minutes. The worker serves a new pool of
         its own unless the body names ``shared`` or an earlier pairing's pool."""
-        _key(state)
+        key_of(state)
         c: Components = state.components
         code, at = pairing.new_code(), now()
         wanted = data.pool if data is not None else None
@@ -194,7 +217,7 @@ class PairedWorkersController(Controller):
         data: Annotated[PairRequest, Body()],
     ) -> PairedView:
         """Exchange a pairing code for a worker token and the broker settings."""
-        key = _key(state)
+        key = key_of(state)
         client = _client(request)
         wait = state.pairing.throttle.attempt(client)
         if wait is not None:
@@ -243,7 +266,7 @@ class PairedWorkersController(Controller):
             extra={"action": "worker_paired"},
         )  # fmt: skip
         _declare_pool(c, row.pool)
-        view = _connection(c.settings, worker_id, name, row.pool)
+        view = _connection(c, worker_id, name, row.pool)
         return PairedView(**msgspec.structs.asdict(view), token=token)
 
     @post("/refresh", status_code=200, sync_to_thread=True)
@@ -254,22 +277,14 @@ class PairedWorkersController(Controller):
         data: Annotated[RefreshRequest, Body()],
     ) -> ConnectionView:
         """Exchange a worker token (``Authorization: Bearer``) for fresh settings."""
-        key = _key(state)
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(status_code=401, detail="a worker token is required (Bearer)")
+        key, token = key_of(state), bearer(request)
         c: Components = state.components
         with c.sessions() as session, session.begin():
-            row = session.scalar(
-                select(WorkerToken).where(WorkerToken.token_hash == pairing.token_hash(key, token))
-            )
-            if row is None or row.revoked_at is not None:
-                raise HTTPException(status_code=401, detail="this worker token is not valid")
+            row = token_row(session, key, token)
             if data.name.strip():
                 row.name = data.name.strip()
         _declare_pool(c, row.pool)
-        return _connection(c.settings, row.worker_id, row.name, row.pool)
+        return _connection(c, row.worker_id, row.name, row.pool)
 
 
 def revoke_worker(c: Components, worker_id: str) -> PairedWorkerView:

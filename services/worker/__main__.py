@@ -20,7 +20,8 @@ from libs.common.settings import Settings
 from libs.common.storage import Storage
 from services.worker import config, remote
 from services.worker.display import Display
-from services.worker.pairing_client import PairingError, check_server
+from services.worker.pairing_client import Connection, PairingError, check_server
+from services.worker.task_urls import TaskUrls
 from services.worker.worker import Options, Worker
 
 DESCRIPTION = (
@@ -86,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         except PairingError as exc:
             parser.error(str(exc))
     settings = runtime.load_settings()
-    name, paired_id = args.name, ""
+    name, paired_id, task_urls = args.name, "", None
     if args.server is not None:
-        settings, name, paired_id = _pair(args, settings)
+        settings, answer = _pair(args, settings)
+        name, paired_id = answer.name, answer.worker_id
+        if answer.task_urls and answer.token:
+            task_urls = TaskUrls(args.server, answer.token)
     elif settings.embedded:
         runtime.fail(
             "BROKER_URL: not set. A separate worker needs a shared broker (amqp:// or sqs://), "
@@ -99,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings.replace(**overrides)
     runtime.check_ffmpeg(settings)
     options = Options(
-        name, args.drain, args.max_idle, lent=args.server is not None, paired_id=paired_id
-    )
+        name, args.drain, args.max_idle, lent=args.server is not None, paired_id=paired_id,
+        task_urls=task_urls,
+    )  # fmt: skip
     return _work(settings, options, args)
 
 
@@ -143,9 +148,9 @@ def _revoked(worker: Worker) -> int:
     return EXIT_REVOKED
 
 
-def _pair(args: argparse.Namespace, settings: Settings) -> tuple[Settings, str, str]:
-    """The settings, name and paired id the server gives this worker; exit 1 (2: usage)
-    if it won't."""
+def _pair(args: argparse.Namespace, settings: Settings) -> tuple[Settings, Connection]:
+    """The settings and answer (name, paired id, token…) the server gives this worker;
+    exit 1 (2: usage) if it won't."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
     pairing = remote.Pairing(
         server=args.server,
@@ -157,7 +162,7 @@ def _pair(args: argparse.Namespace, settings: Settings) -> tuple[Settings, str, 
     )
     try:
         answer = pairing.connect()
-        return remote.apply(settings, answer, os.environ), answer.name, answer.worker_id
+        return remote.apply(settings, answer, os.environ), answer
     except remote.UsageError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
+from typing import Protocol
 
 from libs.common import csvfile, mapping, messages
 from libs.common.retry import PermanentError
-from libs.common.storage import Storage
+
+
+class TaskStorage(Protocol):
+    """What a CSV task needs of storage: ``Storage``, or presigned URLs (``task_urls``)."""
+
+    def read_range(self, key: str, start: int, end: int) -> bytes: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
 
 
 @lru_cache(maxsize=16)
@@ -19,7 +27,7 @@ def _mapper(spec_json: str, header: tuple[str, ...]) -> mapping.Mapper:
 
 
 def handle_csv(
-    task: messages.CsvTask, storage: Storage, *, worker: str, max_errors: int
+    task: messages.CsvTask, storage: TaskStorage, *, worker: str, max_errors: int
 ) -> messages.TaskResult:
     started = time.monotonic()
     mapper = _mapper(task.spec, tuple(task.header))

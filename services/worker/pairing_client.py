@@ -50,6 +50,8 @@ class Connection(msgspec.Struct, frozen=True):
     storage_url: str | None = None
     heartbeat_seconds: float = 5.0
     token: str | None = None  # only in the answer to ``pair``
+    #: CSV tasks read and write through presigned URLs asked of the server (task_urls.py).
+    task_urls: bool = False
 
 
 class _Detail(msgspec.Struct):

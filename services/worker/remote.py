@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from libs.common import settings as settings_mod
 from libs.common.settings import Settings
 from services.worker import config
@@ -73,7 +75,7 @@ class Pairing:
                 self.say(f"connected to {server} as {answer.name} (pool {answer.pool})")
                 if answer.name != saved.name:
                     config.save(self.file, _saved(server, answer, saved.token))
-                return answer
+                return msgspec.structs.replace(answer, token=saved.token)
         elif saved is not None and saved.server != server:
             self.say(f"pairing with {server} will replace the saved pairing with {saved.server}")
         return self._pair(server)

@@ -41,6 +41,7 @@ from services.worker import scratch
 from services.worker.canary import handle_canary
 from services.worker.csv_map import handle_csv
 from services.worker.heartbeat import Heartbeats, Snapshot
+from services.worker.task_urls import TaskUrls
 from services.worker.tracks import AudioConfig, handle_tracks
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class Options:
     lent: bool = False
     #: The pairing (worker token) this process runs under, sent in its heartbeats.
     paired_id: str = ""
+    #: CSV tasks through presigned URLs from the server, not ``storage`` (paired workers).
+    task_urls: TaskUrls | None = None
 
 
 class Worker:
@@ -262,8 +265,10 @@ class Worker:
         if self._is_cancelled(env.job_id):
             message.ack()  # the dispatcher already marked the job's queued tasks cancelled
         elif isinstance(body, messages.CsvTask):
+            urls = self.options.task_urls
+            storage = urls.for_task(body.task_id) if urls is not None else self.storage
             future = self.executor.submit(
-                handle_csv, body, self.storage, worker=self.name,
+                handle_csv, body, storage, worker=self.name,
                 max_errors=self.settings.max_row_errors_per_task,
             )  # fmt: skip
             self.in_flight.append(InFlight(session, message, env, future))

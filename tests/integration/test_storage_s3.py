@@ -9,7 +9,6 @@ compose makes, and how the boto3 client is configured.
 from __future__ import annotations
 
 import io
-import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -38,18 +37,6 @@ class Boom(Exception):
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def aws_env(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Point boto3 at moto through its standard variables, and at nothing else."""
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    for name, value in moto.env.items():
-        monkeypatch.setenv(name, value)
-    return moto.env
 
 
 @pytest.fixture(scope="module")
