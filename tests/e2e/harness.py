@@ -113,12 +113,7 @@ class Services:
             self.start(f"worker{n}", "services.worker", "--name", f"w{n}")
 
     def _ready(self) -> bool:
-        if self.procs["web"].poll() is not None:
-            raise AssertionError(f"web exited early\n{self.logs()}")
-        try:
-            return httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return web_ready(self.procs["web"], self.base, self.logs)
 
     def logs(self, lines: int = 30) -> str:
         parts = []
@@ -172,3 +167,13 @@ class Services:
         for log in self._logs:
             log.close()
         return codes
+
+
+def web_ready(web: subprocess.Popen[bytes], base: str, logs: Callable[[], str]) -> bool:
+    """Whether the web service at ``base`` answers ``/readyz``; fails if it has exited."""
+    if web.poll() is not None:
+        raise AssertionError(f"web exited early\n{logs()}")
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -57,7 +57,7 @@ from infra import rabbitmq as infra_rabbitmq
 from libs.common import topology
 from services.worker.__main__ import AMQP_HEARTBEAT_SECONDS
 from tests.conftest import in_ci
-from tests.e2e.harness import ROOT, SPEC, expected_output, make_csv, wait_for
+from tests.e2e.harness import ROOT, SPEC, expected_output, make_csv, wait_for, web_ready
 from tests.netns import NetnsUnavailable, Topology
 from tests.servers import PostgresServer, RabbitMQServer, ServerNotInstalled, free_port
 
@@ -190,12 +190,7 @@ class Cluster:
         )
 
     def _ready(self) -> bool:
-        if self.procs["web"].poll() is not None:
-            raise AssertionError(f"web exited early\n{self.logs()}")
-        try:
-            return httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return web_ready(self.procs["web"], self.base, self.logs)
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(method, f"{self.base}{path}", timeout=30, **kwargs)
