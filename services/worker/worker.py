@@ -8,9 +8,9 @@ sends the worker's heartbeats (``heartbeat.py``), the last one as it stops.
 Stopping is one sequence: stop fetching, let in-flight tasks finish within the grace
 period, then close, so the broker hands back whatever was not acked.
 
-Cancellations arrive on the worker's own control queue, consumed by a second loop with its
-own connection (on SQS a receive waits on one queue at a time: a shared loop would wait on
-the idle control queue between tasks).
+Cancellations and revocations arrive on the worker's own control queue (``control.py``),
+consumed by a second loop with its own connection (on SQS a receive waits on one queue at
+a time: a shared loop would wait on the idle control queue between tasks).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -39,6 +39,7 @@ from libs.common.settings import Settings
 from libs.common.storage import Storage
 from services.worker import scratch
 from services.worker.canary import handle_canary
+from services.worker.control import Orders
 from services.worker.csv_map import handle_csv
 from services.worker.heartbeat import Heartbeats, Snapshot
 from services.worker.task_urls import TaskUrls
@@ -46,7 +47,6 @@ from services.worker.tracks import AudioConfig, handle_tracks
 
 log = logging.getLogger(__name__)
 
-MAX_REMEMBERED_CANCELS = 10_000
 #: At shutdown, how long to wait for the control loop's current receive (SQS: at most 20 s).
 CONTROL_JOIN_SECONDS = 25.0
 #: The longest wait between the control connection's reconnection attempts.
@@ -120,8 +120,6 @@ class Worker:
         )
         self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="task")
         self.in_flight: list[InFlight] = []
-        self.cancelled: OrderedDict[str, None] = OrderedDict()
-        self._cancelled_lock = threading.Lock()
         self.stopping = threading.Event()
         self.processed = self.failed = 0
         self.audio = _audio_config(settings, self.id, local_files=not self.options.lent)
@@ -129,8 +127,8 @@ class Worker:
             self.id, self.name, settings, broker, ffmpeg=self.audio.ffmpeg is not None,
             paired_id=self.options.paired_id,
         )  # fmt: skip
-        #: Set when the app revoked this worker: it stops at once and hands work back.
-        self.revoked = threading.Event()
+        self.orders = Orders(self.id, self.options.paired_id, on_revoked=self._revoked)
+        self.revoked = self.orders.revoked
         self._progress: deque[messages.TrackProgress] = deque(maxlen=10_000)
         self._idle_since = time.monotonic()
         self._deadline: float | None = None
@@ -144,7 +142,7 @@ class Worker:
         # each heartbeat until one arrives.
         self.control = ConsumeLoop(
             broker, f"worker {self.name} control", lambda: [self.control_queue],
-            self._on_control, prefetch=10, stop=self.loop.stop,
+            self.orders.on_message, prefetch=10, stop=self.loop.stop,
             max_backoff=CONTROL_MAX_BACKOFF,
         )  # fmt: skip
 
@@ -219,32 +217,12 @@ class Worker:
             )  # fmt: skip
             self.request_stop()
 
-    def _on_control(self, session: Session, message: Message) -> None:
-        """The control loop's own thread: remember cancelled jobs."""
-        try:
-            env = messages.decode(message.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("undecodable control message: %s", exc, extra={"action": "control"})
-        else:
-            if isinstance(env.body, messages.JobCancelled):
-                self._remember_cancel(env.job_id)
-            elif isinstance(env.body, messages.WorkerRevoked) and self._is_me(env.body):
-                self._revoke()
-        message.ack()
-
-    def _is_me(self, revoked: messages.WorkerRevoked) -> bool:
-        if revoked.worker_id == self.id:
-            return True
-        mine = self.options.paired_id
-        return bool(mine) and mine in (revoked.worker_id, revoked.paired_id)
-
-    def _revoke(self) -> None:
-        if not self.revoked.is_set():
-            log.warning(
-                "this worker was revoked in the app: it stops taking work and hands back "
-                "%d unfinished tasks", self.unfinished, extra={"action": "revoked"},
-            )  # fmt: skip
-        self.revoked.set()
+    def _revoked(self) -> None:
+        """The control loop's thread: revoked in the app; stop now (see _shutdown_step)."""
+        log.warning(
+            "this worker was revoked in the app: it stops taking work and hands back "
+            "%d unfinished tasks", self.unfinished, extra={"action": "revoked"},
+        )  # fmt: skip
         self.request_stop()
 
     # -- loop callbacks (the loop's own thread) -------------------------------------------
@@ -262,7 +240,7 @@ class Worker:
             session.publisher.dead_letter(message, f"undecodable message: {exc}")
             return
         body = env.body
-        if self._is_cancelled(env.job_id):
+        if self.orders.is_cancelled(env.job_id):
             message.ack()  # the dispatcher already marked the job's queued tasks cancelled
         elif isinstance(body, messages.CsvTask):
             urls = self.options.task_urls
@@ -379,13 +357,3 @@ class Worker:
         if self.options.drain and idle >= 1.0:
             return self.broker.queue_depth(session.conn, self.task_queue.name) == 0
         return False
-
-    def _remember_cancel(self, job_id: str) -> None:
-        with self._cancelled_lock:
-            self.cancelled[job_id] = None
-            while len(self.cancelled) > MAX_REMEMBERED_CANCELS:
-                self.cancelled.popitem(last=False)
-
-    def _is_cancelled(self, job_id: str) -> bool:
-        with self._cancelled_lock:
-            return job_id in self.cancelled
