@@ -42,6 +42,8 @@ __all__ = ["Broker", "Publisher", "SqsOptions", "dead_cause", "delivery_count"]
 
 CAUSE_HEADER = "x-conveyor-cause"
 CONTENT_TYPE = "application/json"
+#: The AMQP heartbeat the services ask for, in seconds (workers ask for less).
+AMQP_HEARTBEAT = 30
 #: SQS takes at most this many seconds of per-message delay.
 SQS_MAX_DELAY = 900
 #: RabbitMQ: the longest wait for a publish confirm. A link that goes silent (no reset)
@@ -56,7 +58,7 @@ class Broker:
         url: str,
         prefix: str,
         delivery_limit: int,
-        heartbeat: int = 30,
+        heartbeat: int = AMQP_HEARTBEAT,
         sqs: SqsOptions | None = None,
     ) -> None:
         scheme = urlsplit(url).scheme

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from libs.common import db, logs, settings
-from libs.common.broker import Broker, SqsOptions
+from libs.common.broker import AMQP_HEARTBEAT, Broker, SqsOptions
 from libs.common.storage import Storage
 
 
@@ -44,19 +44,18 @@ def load_settings() -> settings.Settings:
     return loaded
 
 
-def broker(config: settings.Settings, *, heartbeat: int | None = None) -> Broker:
-    """The broker of ``config``; ``heartbeat``: the AMQP heartbeat to ask for, in seconds
-    (the broker's default otherwise)."""
+def broker(config: settings.Settings, *, heartbeat: int = AMQP_HEARTBEAT) -> Broker:
+    """The broker of ``config``; ``heartbeat``: the AMQP heartbeat to ask for, in seconds."""
     sqs = SqsOptions(
         region=config.sqs_region,
         visibility_timeout=config.sqs_visibility_timeout,
         wait_seconds=config.sqs_wait_seconds,
         create_queues=config.sqs_create_queues,
     )
-    url, prefix, limit = config.effective_broker_url, config.queue_prefix, config.delivery_limit
-    if heartbeat is None:
-        return Broker(url, prefix, limit, sqs=sqs)
-    return Broker(url, prefix, limit, heartbeat=heartbeat, sqs=sqs)
+    return Broker(
+        config.effective_broker_url, config.queue_prefix, config.delivery_limit,
+        heartbeat=heartbeat, sqs=sqs,
+    )  # fmt: skip
 
 
 def build(config: settings.Settings) -> Components:
