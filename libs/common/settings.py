@@ -284,7 +284,9 @@ class Settings:
     )  # fmt: skip
     worker_broker_url: str | None = _setting(
         "WORKER_BROKER_URL", _broker_url, None,
-        "Web: the broker URL handed to paired (remote) workers. Unset: BROKER_URL.",
+        "Web: paired workers take tasks straight from this broker (operators' own "
+        "machines). Unset: paired workers go through the web's gateway and get no broker "
+        "credentials.",
     )  # fmt: skip
     worker_storage_url: str | None = _setting(
         "WORKER_STORAGE_URL", _any_storage_url, None,

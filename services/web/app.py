@@ -25,6 +25,7 @@ from libs.common.outbox import Relay
 from libs.common.runtime import Components
 from libs.common.similarity import VectorIndex
 from services.dispatcher.service import Dispatcher
+from services.web import gateway
 from services.web.jobs_api import JobsController
 from services.web.pairing_api import PairedWorkersController, PairingsController, pairing_state
 from services.web.task_urls_api import TaskUrlsController
@@ -75,6 +76,7 @@ def index() -> str:
 
 def create_app(components: Components, *, embedded: bool | None = None) -> Litestar:
     embedded = components.settings.embedded if embedded is None else embedded
+    hub = gateway.Hub(components)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -85,9 +87,11 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
         if background:
             background.start()
         relay.start()
+        hub.start()
         try:
             yield
         finally:
+            await hub.stop()
             relay.stop()
             if background:
                 await anyio.to_thread.run_sync(background.stop)
@@ -100,12 +104,17 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
             PairingsController,
             PairedWorkersController,
             TaskUrlsController,
+            gateway.handler(lambda state: state.pairing.key),
             healthz,
             readyz,
             index,
         ],
         state=State(
-            {"components": components, "pairing": pairing_state(components.settings, embedded)}
+            {
+                "components": components,
+                "pairing": pairing_state(components.settings, embedded),
+                "gateway": hub,
+            }
         ),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="Conveyor", version="0.1.0", path="/schema"),

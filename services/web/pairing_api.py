@@ -88,20 +88,28 @@ class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
     host: Annotated[str, msgspec.Meta(max_length=255)] = ""
 
 
+#: How a paired worker takes tasks: over a WebSocket to the web (``gateway``, the
+#: default: it needs only the app's address), or straight from the broker (``broker``,
+#: only when the operator sets ``WORKER_BROKER_URL`` for machines they trust).
+GATEWAY, BROKER = "gateway", "broker"
+
+
 class ConnectionView(msgspec.Struct):
     worker_id: str
     name: str
     pool: str
+    #: Empty for gateway workers: no broker credential leaves the server.
     broker_url: str
     queue_prefix: str
     storage_url: str | None
     heartbeat_seconds: float
-    #: CSV tasks: ask ``POST /api/workers/tasks/{id}/urls`` for presigned URLs (no storage
-    #: credentials needed) rather than use ``storage_url``.
+    #: Task inputs and outputs: ask ``POST /api/workers/tasks/{id}/urls`` for URLs
+    #: (presigned on S3, else served by the web), rather than use ``storage_url``.
     task_urls: bool
+    transport: str = GATEWAY
 
 
-class PairedView(ConnectionView):
+class PairedView(ConnectionView, kw_only=True):
     token: str
 
 
@@ -125,12 +133,14 @@ def _state(p: Pairing, at: float) -> str:
 
 def _connection(c: Components, worker_id: str, name: str, pool: str) -> ConnectionView:
     settings = c.settings
+    direct = settings.worker_broker_url is not None
     return ConnectionView(
         worker_id=worker_id, name=name, pool=pool,
-        broker_url=settings.worker_broker_url or settings.effective_broker_url,
+        broker_url=settings.worker_broker_url or "",
         queue_prefix=settings.queue_prefix, storage_url=settings.worker_storage_url,
         heartbeat_seconds=settings.heartbeat_seconds,
-        task_urls=settings.worker_storage_url is None and c.storage.can_presign,
+        task_urls=settings.worker_storage_url is None,
+        transport=BROKER if direct else GATEWAY,
     )  # fmt: skip
 
 

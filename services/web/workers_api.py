@@ -65,4 +65,5 @@ class WorkersController(Controller):
         pairs or refreshes, and its running processes stop taking work at once."""
         view = revoke_worker(state.components, worker_id)
         state.relay.wake()
+        state.gateway.revoked(worker_id, view.id)  # this instance's sockets: at once
         return view

@@ -20,6 +20,7 @@ from libs.common.settings import Settings
 from libs.common.storage import Storage
 from services.worker import config, remote
 from services.worker.display import Display
+from services.worker.gateway_link import GatewayTarget, gateway_url
 from services.worker.pairing_client import Connection, PairingError, check_server
 from services.worker.task_urls import TaskUrls
 from services.worker.worker import Options, Worker
@@ -87,12 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         except PairingError as exc:
             parser.error(str(exc))
     settings = runtime.load_settings()
-    name, paired_id, task_urls = args.name, "", None
+    name, paired_id, task_urls, gateway = args.name, "", None, None
     if args.server is not None:
         settings, answer = _pair(args, settings)
         name, paired_id = answer.name, answer.worker_id
         if answer.task_urls and answer.token:
             task_urls = TaskUrls(args.server, answer.token)
+        if answer.through_gateway and answer.token:
+            gateway = GatewayTarget(gateway_url(args.server), answer.token)
+            if args.drain:
+                parser.error("--drain needs the broker; through the gateway use --max-idle")
     elif settings.embedded:
         runtime.fail(
             "BROKER_URL: not set. A separate worker needs a shared broker (amqp:// or sqs://), "
@@ -104,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     runtime.check_ffmpeg(settings)
     options = Options(
         name, args.drain, args.max_idle, lent=args.server is not None, paired_id=paired_id,
-        task_urls=task_urls,
+        task_urls=task_urls, gateway=gateway,
     )  # fmt: skip
     return _work(settings, options, args)
 
 
 def _work(settings: Settings, options: Options, args: argparse.Namespace) -> int:
     """Run the worker, with its display, until it stops (on a signal, drained or idle)."""
+    if options.gateway is not None:  # tasks come over the socket: no broker to reach
+        settings = settings.replace(broker_url=None)
     broker = runtime.broker(settings, heartbeat=AMQP_HEARTBEAT_SECONDS)
     worker = Worker(settings, Storage(settings.storage_url), broker, options)
     display = Display.choose(worker, plain=args.plain, quiet=args.quiet)

@@ -52,6 +52,13 @@ class Connection(msgspec.Struct, frozen=True):
     token: str | None = None  # only in the answer to ``pair``
     #: CSV tasks read and write through presigned URLs asked of the server (task_urls.py).
     task_urls: bool = False
+    #: ``gateway``: tasks over a WebSocket to the server (no broker credentials);
+    #: ``broker``: straight from ``broker_url`` (servers before the gateway say nothing).
+    transport: str = "broker"
+
+    @property
+    def through_gateway(self) -> bool:
+        return self.transport == "gateway"
 
 
 class _Detail(msgspec.Struct):

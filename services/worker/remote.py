@@ -127,18 +127,20 @@ def apply(base: Settings, answer: Connection, environ: Mapping[str, str]) -> Set
     worker cannot use stops start-up with one line (a broker password is never shown).
     """
     overlay = {
-        "BROKER_URL": answer.broker_url,
         "WORKER_POOL": answer.pool,
         "QUEUE_PREFIX": answer.queue_prefix,
         "HEARTBEAT_SECONDS": repr(answer.heartbeat_seconds),
     }
+    names = ["pool", "queue_prefix", "heartbeat_seconds"]
+    if not answer.through_gateway:  # through the gateway this worker knows no broker
+        overlay["BROKER_URL"] = answer.broker_url
+        names.append("broker_url")
     if answer.storage_url:
         overlay["STORAGE_URL"] = answer.storage_url
     try:
         paired = settings_mod.load({**environ, **overlay})
     except settings_mod.SettingsError as exc:
         raise PairingError(f"the server sent a setting this worker cannot use: {exc}") from None
-    names = ["broker_url", "pool", "queue_prefix", "heartbeat_seconds"]
     if answer.storage_url:
         names.append("storage_url")  # else the environment's STORAGE_URL, as before
     return base.replace(**{n: getattr(paired, n) for n in names if hasattr(paired, n)})

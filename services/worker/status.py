@@ -105,7 +105,10 @@ class Sampler:
         return Snapshot(
             name=str(getattr(worker, "name", "?")),
             pool=str(getattr(settings, "pool", "?")),
-            broker=broker_host(getattr(settings, "broker_url", None)),
+            broker=str(
+                getattr(worker, "endpoint", None)
+                or broker_host(getattr(settings, "broker_url", None))
+            ),
             state=state,
             error=error,
             jobs=jobs,

@@ -41,6 +41,7 @@ from services.worker import scratch
 from services.worker.canary import handle_canary
 from services.worker.control import Orders
 from services.worker.csv_map import handle_csv
+from services.worker.gateway_link import GatewayLoop, GatewayTarget, hello_from
 from services.worker.heartbeat import Heartbeats, Snapshot
 from services.worker.task_urls import TaskUrls
 from services.worker.tracks import AudioConfig, handle_tracks
@@ -103,6 +104,8 @@ class Options:
     paired_id: str = ""
     #: CSV tasks through presigned URLs from the server, not ``storage`` (paired workers).
     task_urls: TaskUrls | None = None
+    #: Tasks through the web's gateway (a WebSocket), not from the broker (paired workers).
+    gateway: GatewayTarget | None = None
 
 
 class Worker:
@@ -132,11 +135,19 @@ class Worker:
         self._progress: deque[messages.TrackProgress] = deque(maxlen=10_000)
         self._idle_since = time.monotonic()
         self._deadline: float | None = None
-        self.loop = ConsumeLoop(
+        self.loop: ConsumeLoop | GatewayLoop = ConsumeLoop(
             broker, f"worker {self.name}", self._queues, self._on_message,
             prefetch=settings.concurrency, tick=self._tick, on_connect=self._on_connect,
             wait_seconds=self._wait_seconds,
         )  # fmt: skip
+        if self.options.gateway is not None:
+            self.loop = GatewayLoop(
+                self.options.gateway.url, self.options.gateway.token,
+                lambda: hello_from(self, settings.concurrency), self._on_message,
+                self.orders.on_message, self._revoked_at_gateway, tick=self._tick,
+                on_connect=self._on_connect, wait_seconds=self._wait_seconds,
+                name=f"worker {self.name}",
+            )  # fmt: skip
         # A broadcast sent while this connection is down is lost (the queue dies with it),
         # so it reconnects fast after an outage; the dispatcher repeats a revocation at
         # each heartbeat until one arrives.
@@ -145,6 +156,15 @@ class Worker:
             self.orders.on_message, prefetch=10, stop=self.loop.stop,
             max_backoff=CONTROL_MAX_BACKOFF,
         )  # fmt: skip
+
+    @property
+    def endpoint(self) -> str:
+        """Where the tasks come from, for people: the gateway's address or the broker's."""
+        if isinstance(self.loop, GatewayLoop):
+            return f"gateway {self.loop.url.split('/api/')[0]}"
+        from services.worker.status import broker_host
+
+        return broker_host(self.settings.broker_url)
 
     @property
     def declares(self) -> bool:
@@ -178,7 +198,7 @@ class Worker:
         scratch.sweep(self.audio.scratch.parent)
         _prepare_maths(self.audio.ffmpeg is not None)
         control = threading.Thread(target=self._run_control, name="worker-control", daemon=True)
-        if self.broker.broadcasts:
+        if self.broker.broadcasts and self.options.gateway is None:  # else on the socket
             control.start()
         try:
             self.loop.run()
@@ -224,6 +244,11 @@ class Worker:
             "%d unfinished tasks", self.unfinished, extra={"action": "revoked"},
         )  # fmt: skip
         self.request_stop()
+
+    def _revoked_at_gateway(self) -> None:
+        """The gateway closed the socket as revoked (or refused the token): stop now."""
+        self.revoked.set()
+        self._revoked()
 
     # -- loop callbacks (the loop's own thread) -------------------------------------------
     def _on_connect(self, session: Session) -> None:
@@ -298,7 +323,7 @@ class Worker:
     def _keep_leases(self, session: Session) -> None:
         """Extend the lease of each running task every ``lease_interval`` (a third of it)."""
         interval = self.broker.lease_interval
-        if interval is None:
+        if interval is None or self.options.gateway is not None:  # the gateway keeps them
             return
         now = time.monotonic()
         for item in self.in_flight:
