@@ -1,0 +1,58 @@
+"""Who may call each route: every route of the app has an owner and an access rule here.
+
+A route missing from ``RULES`` fails ``tests/unit/test_route_access.py``, so a new route
+cannot ship without saying who may call it. Until accounts exist (issue 12), the app's
+own routes are open to whoever reaches the address: ``docs/deploy.md`` says not to
+publish it. What a paired worker calls takes its worker token and is limited to its own
+pool's tasks; the worker token never travels in a URL.
+"""
+
+from __future__ import annotations
+
+#: Anyone: the process's health and the API's description.
+PUBLIC = "public"
+#: Whoever reaches the app, until accounts land (issue 12): jobs, tracks, workers, pairings.
+OPERATOR = "operator (anyone who reaches the app until accounts exist)"
+#: A pairing code, throttled per address and globally.
+PAIRING_CODE = "a one-time pairing code (throttled)"
+#: A paired worker's token in ``Authorization: Bearer``; only its own pool's tasks.
+WORKER_TOKEN = "worker token (Bearer), own pool only"
+
+_JOB = "/api/jobs/{job_id:str}"
+_TASK = "/api/workers/tasks/{task_id:str}"
+
+#: (method, path) -> rule. ``WS`` stands for a WebSocket route.
+RULES: dict[tuple[str, str], str] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/"): OPERATOR,
+    ("GET", "/api/jobs"): OPERATOR,
+    ("GET", _JOB): OPERATOR,
+    ("GET", f"{_JOB}/errors"): OPERATOR,
+    ("GET", f"{_JOB}/output"): OPERATOR,
+    ("POST", f"{_JOB}/cancel"): OPERATOR,
+    ("POST", f"{_JOB}/retry"): OPERATOR,
+    ("POST", "/api/jobs/csv"): OPERATOR,
+    ("POST", "/api/jobs/audio"): OPERATOR,
+    ("POST", "/api/jobs/canary"): OPERATOR,
+    ("POST", "/api/jobs/lastfm"): OPERATOR,
+    ("GET", "/api/tracks"): OPERATOR,
+    ("GET", "/api/tracks/export"): OPERATOR,
+    ("GET", "/api/tracks/{track_id:int}"): OPERATOR,
+    ("GET", "/api/tracks/{track_id:int}/similar"): OPERATOR,
+    ("GET", "/api/workers"): OPERATOR,
+    ("GET", "/api/workers/{worker_id:str}"): OPERATOR,
+    ("DELETE", "/api/workers/{worker_id:str}"): OPERATOR,
+    ("POST", "/api/pairings"): OPERATOR,
+    ("GET", "/api/pairings/{pairing_id:str}"): OPERATOR,
+    ("POST", "/api/workers/pair"): PAIRING_CODE,
+    ("POST", "/api/workers/refresh"): WORKER_TOKEN,
+    ("WS", "/api/workers/connect"): WORKER_TOKEN,
+    ("POST", f"{_TASK}/urls"): WORKER_TOKEN,
+    ("GET", f"{_TASK}/input"): WORKER_TOKEN,
+    ("PUT", f"{_TASK}/output"): WORKER_TOKEN,
+    ("GET", f"{_TASK}/tracks/{{track_id:int}}"): WORKER_TOKEN,
+}
+
+#: The OpenAPI document and its viewers (Litestar's own routes): public.
+PUBLIC_PREFIXES = ("/schema",)
