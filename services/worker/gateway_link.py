@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 OPEN_SECONDS = 10.0
 #: The largest frame accepted (a task message is small; a result carries its row errors).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+#: WebSocket pings: a link that went silent (no reset) is given up after about 15 s, and
+#: the worker connects again; the gateway gave its tasks back by then (3 missed beats).
+PING_SECONDS, PING_TIMEOUT = 5.0, 10.0
 
 
 def gateway_url(server: str) -> str:
@@ -195,7 +198,8 @@ class GatewayLoop:
         headers = {"Authorization": f"Bearer {self.token}"}
         with connect(
             self.url, additional_headers=headers, open_timeout=OPEN_SECONDS,
-            max_size=MAX_FRAME_BYTES, close_timeout=5,
+            max_size=MAX_FRAME_BYTES, close_timeout=5, ping_interval=PING_SECONDS,
+            ping_timeout=PING_TIMEOUT,
         ) as ws:  # fmt: skip
             try:
                 session = self._handshake(ws)
@@ -210,7 +214,6 @@ class GatewayLoop:
         if not isinstance(welcome, frames.Welcome):
             raise frames.FrameError(f"expected Welcome, got {type(welcome).__name__}")
         session = self._session = GatewaySession(ws, welcome)
-        # Silence from the gateway this long means the link is dead (it pings as well).
         if self.on_connect:
             self.on_connect(session)
         self.connected.set()
