@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from sqlalchemy import select
 
+from libs.common import jobs
 from libs.common.models import Task
 from libs.common.storage import Storage
 from services.worker.task_urls import TaskUrls
@@ -139,9 +141,34 @@ def test_task_urls_are_only_for_the_workers_own_csv_tasks(s3_app: Conveyor) -> N
     assert ask(s3_app, csv_task, answer["token"]).status_code == 401  # revoked
 
 
-def test_without_s3_there_are_no_task_urls(start_app: StartApp) -> None:
-    app = start_app(WORKER_TOKEN_KEY=KEY)  # file storage
-    pool, answer = paired(app)
-    assert answer["task_urls"] is False
-    refused = ask(app, task_of(app, submit_csv(app, pool)), answer["token"])
-    assert refused.status_code == 409 and "cannot presign" in detail(refused)
+def test_on_s3_track_files_are_presigned_and_the_web_routes_proxy(s3_app: Conveyor) -> None:
+    """Folder storage's routes (tests/integration/test_task_io_web.py) work on S3 too."""
+    storage_url = s3_app.components.settings.storage_url
+    bucket = storage_url.removeprefix("s3://").split("/")[0]
+    s3_app.components.storage.write("music/a.wav", b"RIFF-a" * 100)
+    pool, answer = paired(s3_app)
+    auth = {"Authorization": f"Bearer {answer['token']}"}
+    audio = s3_app.client.post(
+        "/api/jobs/audio", json={"prefix": f"{storage_url}/music/", "pool": pool}
+    )
+    assert audio.status_code == 202, audio.text
+    track_task = task_of(s3_app, audio.json()["id"])
+    urls = ask(s3_app, track_task, answer["token"]).json()
+    ((track_id, url),) = urls["tracks"].items()
+    assert url.startswith("http") and bucket in url
+    assert "X-Amz-Signature" in url and (urls["read_url"], urls["write_url"]) == ("", "")
+    fetched = httpx.get(url)  # no token: the signature is the credential
+    assert (fetched.status_code, fetched.content) == (200, b"RIFF-a" * 100)
+    proxied = s3_app.client.get(f"/api/workers/tasks/{track_task}/tracks/{track_id}", headers=auth)
+    assert (proxied.status_code, proxied.content) == (200, b"RIFF-a" * 100)
+
+    csv_task = task_of(s3_app, submit_csv(s3_app, pool))
+    with s3_app.components.sessions() as session:
+        task = session.get(Task, csv_task)
+        assert task is not None
+    ranged = {**auth, "Range": f"bytes={task.start}-{task.end - 1}"}
+    got = s3_app.client.get(f"/api/workers/tasks/{csv_task}/input", headers=ranged)
+    assert (got.status_code, got.content) == (206, csv_bytes(5)[task.start : task.end])
+    put = s3_app.client.put(f"/api/workers/tasks/{csv_task}/output", headers=auth, content=b"x\n")
+    assert put.status_code == 204
+    assert s3_app.components.storage.read_range(jobs.part_key(task.job_id, 0), 0, 2) == b"x\n"
