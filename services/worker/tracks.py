@@ -1,8 +1,10 @@
 """The track task handler: fetch each track's audio, decode it, and make its vector.
 
 A track found by search is downloaded with yt-dlp; a file is read where it lies (or
-downloaded from S3). Each track's audio lives in a scratch folder of its own, removed as
-soon as the track is done, whatever happened. A reason that belongs to one track (not
+downloaded from S3). A lent worker (``urls``: its server's task URLs) downloads a file
+through the URL its server gives for it instead, never reading its own disk. Each
+track's audio lives in a scratch folder of its own, removed as soon as the track is
+done, whatever happened. A reason that belongs to one track (not
 found, too long, too big, undecodable) is recorded on that track and the batch goes on;
 trouble that is nobody's fault (the network) fails the task, which is then retried.
 """
@@ -15,10 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from libs.common import messages
 from libs.common.audio import decode, download, features, layout, sources
 from libs.common.retry import TransientError
+from services.worker.task_urls import PresignedTask, TaskUrls, TooBig
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +46,24 @@ class TrackFailed(Exception):
 
 
 def handle_tracks(
-    task: messages.TrackTask, config: AudioConfig, *, worker: str, progress: Progress
+    task: messages.TrackTask,
+    config: AudioConfig,
+    *,
+    worker: str,
+    progress: Progress,
+    urls: TaskUrls | None = None,
 ) -> messages.TaskResult:
+    """Vectorize the task's tracks; with ``urls`` (a lent worker), files come through the
+    URLs the server gives for this task (asked for once, at the first file)."""
     started = time.monotonic()
     if config.ffmpeg is None:
         raise TransientError("this worker has no ffmpeg to decode audio with")
+    files = urls.for_task(task.task_id) if urls is not None else None
     outcomes: list[messages.TrackOutcome] = []
     errors: list[messages.RowError] = []
     for ref in task.tracks:
         try:
-            outcomes.append(_vectorize(task.task_id, ref, config, progress))
+            outcomes.append(_vectorize(task.task_id, ref, config, progress, files))
         except TrackFailed as exc:
             reason = str(exc)
             outcomes.append(messages.TrackOutcome(ref.id, error=reason))
@@ -68,11 +80,18 @@ def handle_tracks(
 
 
 def _vectorize(
-    task_id: str, ref: messages.TrackRef, config: AudioConfig, progress: Progress
+    task_id: str,
+    ref: messages.TrackRef,
+    config: AudioConfig,
+    progress: Progress,
+    files: PresignedTask | None,
 ) -> messages.TrackOutcome:
     config.scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=config.scratch, prefix="track-") as folder:
-        source_url, path = _fetch(task_id, ref, config, progress, Path(folder))
+        if ref.location and files is not None:
+            source_url, path = None, _fetch_url(task_id, ref, config, progress, files, folder)
+        else:
+            source_url, path = _fetch(task_id, ref, config, progress, Path(folder))
         progress(task_id, ref.id, "analysing")
         assert config.ffmpeg is not None
         try:
@@ -118,6 +137,26 @@ def _fetch(
     except download.DownloadTransient as exc:
         raise TransientError(f"{_label(ref)}: {exc}") from exc
     return got.source_url, got.path
+
+
+def _fetch_url(
+    task_id: str,
+    ref: messages.TrackRef,
+    config: AudioConfig,
+    progress: Progress,
+    files: PresignedTask,
+    folder: str,
+) -> Path:
+    """The track's file, downloaded through its task URL into the track's scratch folder
+    (named as at its location: ffmpeg may go by the extension)."""
+    progress(task_id, ref.id, "downloading")
+    name = Path(unquote(urlsplit(ref.location).path)).name or f"track-{ref.id}"
+    try:
+        return files.track_file(ref.id, Path(folder, name), config.max_bytes)
+    except FileNotFoundError as exc:
+        raise TrackFailed(f"the file is gone: {exc}") from None
+    except TooBig as exc:
+        raise TrackFailed(str(exc)) from None
 
 
 def _label(ref: messages.TrackRef) -> str:
