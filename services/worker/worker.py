@@ -277,8 +277,9 @@ class Worker:
             self.in_flight.append(InFlight(session, message, env, future))
         elif isinstance(body, messages.TrackTask):
             future = self.executor.submit(
-                handle_tracks, body, self.audio, worker=self.name, progress=self._report
-            )
+                handle_tracks, body, self.audio, worker=self.name, progress=self._report,
+                urls=self.options.task_urls,
+            )  # fmt: skip
             self.in_flight.append(InFlight(session, message, env, future))
         elif isinstance(body, messages.CanaryTask):
             future = self.executor.submit(handle_canary, body, worker=self.name)
