@@ -147,6 +147,14 @@ def _work(settings: Settings, options: Options, args: argparse.Namespace) -> int
 def _revoked(worker: Worker) -> int:
     """Revoked in the app: say so; exit 3. The saved token stays: started again, the
     worker hears from the server that it was revoked, deletes it and says how to pair."""
+    refused = getattr(worker.loop, "refused", None)
+    if refused and "revoked" not in refused:  # the gateway no longer knows the token
+        print(
+            f"conveyor: the server refused this worker's token ({refused}): it stopped and "
+            "handed its tasks back. Pair it again with a new code from the app.",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+        return EXIT_REVOKED
     print(
         "conveyor: this worker was revoked in the app: it stopped and handed its tasks "
         "back. To lend this machine again, pair it with a new code from the app.",

@@ -7,7 +7,8 @@ frames: a task's result into ``Done`` (the gateway publishes it with a confirm, 
 acks), a retry into ``Retry``, a dead letter into ``Dead``, progress and heartbeats into
 ``Progress`` and ``Beat``. The token travels in the handshake's ``Authorization`` header.
 
-The loop reconnects with exponential backoff and full jitter, so after a web restart or a
+The loop reconnects with exponential backoff (from 0.5 s again once it was connected)
+and jitter (a wait of 50-100 % of the backoff), so after a web restart or a
 deploy it resumes with the same token, and a fleet of workers does not reconnect in step.
 A close with ``REVOKED`` or ``UNAUTHORIZED`` stops it for good (``on_revoked``).
 Tasks of an earlier socket were given back by the gateway when that socket closed: their
@@ -59,7 +60,12 @@ class GatewayTarget:
 
 
 class Revoked(Exception):
-    """The gateway refused this worker's token: revoked, or never valid."""
+    """The gateway refused this worker's token: revoked, or not valid (the server's key
+    changed, or an all-in-one without WORKER_TOKEN_KEY restarted)."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 @dataclass
@@ -159,6 +165,8 @@ class GatewayLoop:
     stop: Event = field(default_factory=Event)
     connected: Event = field(default_factory=Event)
     last_error: str | None = None
+    #: Why the gateway refused this worker for good (its close reason), once it did.
+    refused: str | None = None
     _session: GatewaySession | None = field(default=None, init=False, repr=False)
 
     def __repr__(self) -> str:  # never the token
@@ -177,16 +185,19 @@ class GatewayLoop:
                 backoff = 0.5
             except Revoked as exc:
                 log.warning("the gateway refused this worker: %s", exc, extra={"action": "revoked"})
+                self.refused = str(exc)
                 self.on_revoked()
                 self.stop.set()
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake, InvalidURI,
                     frames.FrameError) as exc:  # fmt: skip
+                if self.connected.is_set():  # it worked until now: start the backoff over
+                    backoff = 0.5
                 self.connected.clear()
                 self._session = None
                 if self.stop.is_set():
                     break
                 self.last_error = _describe(exc)
-                delay = backoff * (0.5 + random.random() / 2)  # jitter: no fleet in step
+                delay = random.uniform(backoff / 2, backoff)  # jitter: no fleet in step
                 log.warning(
                     "%s: %s; reconnecting in %.1fs", self.name, self.last_error, delay,
                     extra={"action": "reconnect", "consumer": self.name},
@@ -249,7 +260,7 @@ class GatewayLoop:
 def _raise_if_refused(exc: ConnectionClosed) -> None:
     close = exc.rcvd
     if close is not None and close.code in (frames.REVOKED, frames.UNAUTHORIZED):
-        raise Revoked(close.reason or "revoked") from None
+        raise Revoked(close.reason or "revoked", close.code) from None
 
 
 def _describe(exc: BaseException) -> str:
