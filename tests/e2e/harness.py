@@ -101,6 +101,20 @@ class Services:
         self.procs[name] = proc
         return proc
 
+    def start_with_env(
+        self, name: str, env: dict[str, str], module: str, *args: str
+    ) -> subprocess.Popen[bytes]:
+        """Like ``start``, with an environment of its own (a paired worker knows only the
+        web's address, none of the services' settings); stopped by ``stop_all`` too."""
+        log = (self.tmp / f"{name}.log").open("wb")
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.procs[name] = proc
+        return proc
+
     def start_web(self) -> None:
         self.start("web", "services.web")
         wait_for(self._ready, 60, f"{self.base}/readyz\n{self.logs()}")
