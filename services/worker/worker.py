@@ -225,7 +225,12 @@ class Worker:
         return sum(1 for f in self.in_flight if not f.future.done())
 
     def request_stop(self) -> None:
+        """Stop: finish what is in flight (``_shutdown_step``). While disconnected there is
+        nothing to finish: the broker or the gateway gave this worker's tasks back when the
+        connection dropped, so stop reconnecting and exit."""
         self.stopping.set()
+        if not self.loop.connected.is_set():
+            self.loop.stop.set()
 
     def _run_control(self) -> None:
         try:
