@@ -43,12 +43,28 @@ def upgrade(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Services starting together must not race each other's migrations.
-            connection.execute(text("SELECT pg_advisory_xact_lock(7261903)"))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # A migration that changes a constraint rebuilds the table on SQLite (Alembic's
+            # batch mode), dropping the old one: with foreign keys on, that deletes the rows
+            # referencing it (a job's tasks). SQLite's own recipe turns them off meanwhile,
+            # which only works outside a transaction, and checks them before committing.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    # Services starting together must not race each other's migrations.
+                    connection.execute(text("SELECT pg_advisory_xact_lock(7261903)"))
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("the migrations left rows whose foreign keys do not match")
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 def ping(engine: Engine) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from sqlalchemy import (
@@ -39,6 +40,10 @@ def now() -> float:
     return time.time()
 
 
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
 
@@ -72,6 +77,10 @@ class Job(Base):
     tasks_total: Mapped[int] = mapped_column(Integer, default=0)
     tasks_done: Mapped[int] = mapped_column(Integer, default=0)
     tasks_failed: Mapped[int] = mapped_column(Integer, default=0)
+    #: The user who made it (accounts, issue 12); None for rows from before accounts.
+    owner_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None, index=True
+    )
 
 
 class Task(Base):
@@ -207,6 +216,10 @@ class Pairing(Base):
     expires_at: Mapped[float] = mapped_column(Float)
     used_at: Mapped[float | None] = mapped_column(Float, default=None)
     worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    #: The user who made it (accounts, issue 12); None for rows from before accounts.
+    owner_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None, index=True
+    )
 
 
 class WorkerToken(Base):
@@ -220,3 +233,59 @@ class WorkerToken(Base):
     pool: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float, default=now)
     revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+    #: The user who made it (accounts, issue 12); None for rows from before accounts.
+    owner_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None, index=True
+    )
+
+
+class User(Base):
+    """An account: ``libs/common/users.py`` keeps its bookkeeping, ``accounts.py`` its rules.
+
+    ``email`` is stored normalised (lower case). ``session_epoch`` is part of every browser
+    session; "log out everywhere" bumps it, so older sessions stop matching.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    password_changed_at: Mapped[float] = mapped_column(Float, default=now)
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    disabled_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class ApiToken(Base):
+    """A user's personal API token: only its SHA-256 is stored, ``prefix`` is for display."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    last_used_at: Mapped[float | None] = mapped_column(Float, default=None)
+    revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Invite(Base):
+    """A one-time invitation to make an account: only its token's SHA-256 is stored."""
+
+    __tablename__ = "invites"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(254))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, default=None)
