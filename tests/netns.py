@@ -1,15 +1,17 @@
 """Linux network namespaces as separate hosts for a test: made, linked and removed by it.
 
-Plain Python, no pytest. Needs root and iproute2 (``ip``); ``NetnsUnavailable`` says why
-when either is missing or the kernel refuses.
+Plain Python, no pytest. Needs root and iproute2 (``ip``), and nftables (``nft``) for a
+firewall; ``NetnsUnavailable`` says why when one is missing or the kernel refuses.
 
     with Topology.star(tag=str(os.getpid()), leaves=("w1", "w2")) as net:
         net.hub            # "cv-srv-<tag>": the server host
         net.address        # 10.231.0.1: the hub's address, reachable from every leaf
         net.run("cv-w1-<tag>", "ping", "-c1", net.address)
         net.set_link("cv-w1-<tag>", up=False)    # cut that leaf's cable (at the hub)
+        net.restrict([8000])  # the leaves reach the hub's TCP port 8000, nothing else
+        net.reaches("cv-w1-<tag>", net.address, 8000)   # True: a TCP connect succeeds
         with net.entered(net.hub):  # this thread's sockets and children: on the hub
-            ...
+            tcp_peers(8000)         # who is connected to the hub's port 8000 now
 
 The layout (``Topology.star``): a hub namespace and one namespace per leaf, each leaf
 joined to the hub by its own veth pair on a /30 of 10.231.N.0 (N = 1, 2, …: hub .1, leaf
@@ -17,6 +19,8 @@ joined to the hub by its own veth pair on a /30 of 10.231.N.0 (N = 1, 2, …: hu
 ``lo``, and every leaf routes to it through its own link (its default route): one address
 for "the server" whatever the leaf, as on a real network. Nothing is added to the
 namespace the test runs in; the veth pairs are created inside the namespaces.
+``restrict(ports)`` puts a firewall in the hub: the leaves reach those TCP ports of it and
+nothing else (nftables, in the hub's namespace only).
 
 Nothing outlives the test:
 - ``close()`` SIGKILLs every process still inside the namespaces (``ip netns pids``; never
@@ -35,6 +39,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -73,6 +79,38 @@ def _ip(*args: str, timeout: float = 15.0, check: bool = True) -> str:
             f"`ip {' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()}"
         )
     return result.stdout
+
+
+def nft_binary() -> str | None:
+    return shutil.which("nft") or next(
+        (p for p in ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft") if os.access(p, os.X_OK)),
+        None,
+    )
+
+
+NO_NFT = "`nft` (nftables) is not installed: scripts/install-servers installs it"
+
+
+def check_firewall() -> None:
+    """NetnsUnavailable unless ``nft`` (nftables) is installed, for ``Topology.restrict``."""
+    if nft_binary() is None:
+        raise NetnsUnavailable(NO_NFT)
+
+
+def tcp_peers(port: int) -> set[tuple[str, int]]:
+    """(address, port) of the peer of every ESTABLISHED IPv4 TCP connection to local
+    ``port``, in the calling thread's network namespace (``/proc/thread-self/net/tcp``)."""
+    peers = set()
+    with open("/proc/thread-self/net/tcp") as f:
+        next(f)  # the header
+        for line in f:
+            local, remote, state = line.split()[1:4]
+            if state != "01" or int(local.rsplit(":", 1)[1], 16) != port:  # 01: ESTABLISHED
+                continue
+            address, peer_port = remote.rsplit(":", 1)
+            # The kernel prints the address as a native-endian 32-bit number in hex.
+            peers.add((socket.inet_ntoa(struct.pack("=I", int(address, 16))), int(peer_port, 16)))
+    return peers
 
 
 def check_available() -> None:
@@ -277,6 +315,45 @@ class Topology:
         _ip("-n", self.hub, "link", "set", link.hub_dev, "up" if up else "down")
         if up:
             _ip("-n", leaf, "route", "replace", "default", "via", link.hub_address)
+
+    def restrict(self, ports: Sequence[int]) -> None:
+        """From now on the leaves reach only TCP ``ports`` of the hub, as behind a firewall:
+        anything else a leaf sends the hub is refused (TCP with a reset, the rest with an
+        ICMP "administratively prohibited"). An nftables table in the hub's namespace,
+        deleted with it; NetnsUnavailable if ``nft`` is missing or refuses the rules."""
+        binary = nft_binary()
+        if binary is None:
+            raise NetnsUnavailable(NO_NFT)
+        devices = ", ".join(f'"{link.hub_dev}"' for link in self.links.values())
+        allowed = ", ".join(str(int(p)) for p in ports)
+        rules = f"""
+table inet conveyor {{
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname {{ {devices} }} jump from_leaves
+    }}
+    chain from_leaves {{
+        tcp dport {{ {allowed} }} accept
+        meta l4proto tcp reject with tcp reset
+        reject with icmpx type admin-prohibited
+    }}
+}}
+"""
+        result = subprocess.run(
+            [*self.exec_prefix(self.hub), str(binary), "-f", "-"],
+            input=rules, capture_output=True, text=True, timeout=15, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise NetnsUnavailable(f"`nft -f` refused the firewall rules: {result.stderr.strip()}")
+
+    def reaches(self, ns: str, host: str, port: int, timeout: float = 3.0) -> bool:
+        """Whether a TCP connection from namespace ``ns`` to ``host:port`` is accepted."""
+        with self.entered(ns):
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+            except OSError:
+                return False
+        return True
 
     def _start_watchdog(self) -> None:
         self._watchdog = subprocess.Popen(
