@@ -88,7 +88,7 @@ class Hub:
         self._control_id = f"web-{uuid.uuid4().hex[:12]}"
         self._control = ConsumeLoop(
             broker, "gateway control", lambda: [self._control_queue()], self._on_control,
-            prefetch=10, max_backoff=2.0,
+            prefetch=10, max_backoff=2.0, on_connect=self._declare,
         )  # fmt: skip
         self._thread = threading.Thread(target=self._run_control, name="gateway-control",
                                         daemon=True)  # fmt: skip
@@ -98,6 +98,12 @@ class Hub:
         return topology.control_queue(
             broker.prefix, self._control_id, server_named=broker.kind == "amqp"
         )
+
+    def _declare(self, session: Session) -> None:
+        """The control fanout may not exist yet when the web starts before any worker."""
+        broker = self.components.broker
+        if broker.kind == "amqp":
+            topology.control_exchange(broker.prefix).bind(session.conn.default_channel).declare()
 
     # -- life ----------------------------------------------------------------------------
     def start(self) -> None:

@@ -342,6 +342,11 @@ class Worker:
         extra = {"job_id": env.job_id, "task_id": getattr(env.body, "task_id", None),
                  "attempt": env.attempt}  # fmt: skip
         current = item.session is session
+        if not current and self.options.gateway is not None:
+            # The gateway gave this task back when its socket closed; a result now could
+            # settle its new delivery (to this worker) while that run goes on. It runs again.
+            log.debug("task of a closed socket dropped", extra={**extra, "action": "dropped"})
+            return
         try:
             result = item.future.result()
         except Exception as exc:

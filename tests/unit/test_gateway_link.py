@@ -3,11 +3,15 @@ worker publishes becomes the right frame, once, and only for tasks this socket h
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from libs.common import frames, messages
+from libs.common import frames, messages, settings
+from libs.common.broker import Broker
+from libs.common.storage import Storage
 from services.worker.gateway_link import (
     GatewaySession,
     GatewayTarget,
@@ -15,6 +19,7 @@ from services.worker.gateway_link import (
     _raise_if_refused,
     gateway_url,
 )
+from services.worker.worker import InFlight, Options, Worker
 
 WELCOME = frames.Welcome("p.w", "remote-1", 5.0, 15.0)
 
@@ -133,3 +138,25 @@ def test_revoked_or_unauthorized_closes_stop_the_worker(code: int) -> None:
 )
 def test_other_closes_reconnect(code: int) -> None:
     _raise_if_refused(_Closed(code))  # type: ignore[arg-type]
+
+
+def test_a_result_from_an_earlier_socket_settles_nothing_on_the_new_one(tmp_path: Path) -> None:
+    """The gateway gave the task back when the old socket closed, and sent it to this
+    worker again: the old run's result must not settle the new delivery."""
+    config = settings.load({"STORAGE_URL": str(tmp_path), "WORK_DIR": str(tmp_path / "w")})
+    target = GatewayTarget("ws://127.0.0.1:9/api/workers/connect", "cvw_x")
+    worker = Worker(
+        config, Storage(config.storage_url), Broker("memory://", "t", 3),
+        Options(name="w", lent=True, gateway=target),
+    )  # fmt: skip
+    try:
+        old, _ = session()
+        new, ws = session()
+        first, again = old.take(task(1)), new.take(task(5))
+        done: Future[messages.TaskResult] = Future()
+        done.set_result(result().body)  # type: ignore[arg-type]
+        worker._settle(new, InFlight(old, first, task(1).envelope, done))  # type: ignore[arg-type]
+        assert ws.sent == []
+        assert new.held == {again.task_id: again} and not again.settled
+    finally:
+        worker.executor.shutdown()
