@@ -60,6 +60,14 @@ def broker(config: settings.Settings, *, heartbeat: int = AMQP_HEARTBEAT) -> Bro
 
 def build(config: settings.Settings) -> Components:
     """Everything the web service and the dispatcher use (a worker needs no database)."""
+    engine = database(config)
+    return Components(
+        config, engine, db.sessions(engine), Storage(config.storage_url), broker(config)
+    )
+
+
+def database(config: settings.Settings) -> Engine:
+    """The database of DATABASE_URL, migrated (AUTO_MIGRATE) or checked; exit 1 if unusable."""
     engine = db.make_engine(config.database_url)
     try:
         if config.auto_migrate:
@@ -69,9 +77,7 @@ def build(config: settings.Settings) -> Components:
     except sqlalchemy.exc.OperationalError as exc:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         fail(f"DATABASE_URL: cannot use the database: {reason}")
-    return Components(
-        config, engine, db.sessions(engine), Storage(config.storage_url), broker(config)
-    )
+    return engine
 
 
 def check_ffmpeg(config: settings.Settings) -> None:

@@ -2,26 +2,34 @@
 
 With no BROKER_URL it is the embedded all-in-one: the dispatcher and a worker run in
 this process too, on an in-process broker, with SQLite and a local folder by default.
+`python -m services.web users ...` manages accounts instead (services/web/users_cli.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 
 import uvicorn
 
 from libs.common import runtime
-from services.web.app import create_app
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["users"]:
+        from services.web import users_cli
+
+        return users_cli.main(argv[1:])
     runtime.parser(
         "python -m services.web",
         "Conveyor's web service. Without BROKER_URL it also runs the dispatcher and a worker "
         "in-process (the embedded all-in-one).",
     ).parse_args(argv)
+    from services.web.app import create_app  # here: `users ...` needs none of the app
+
     settings = runtime.load_settings()
     if settings.embedded:
         runtime.check_ffmpeg(settings)

@@ -1,10 +1,14 @@
-"""Accounts on SQLite and on real PostgreSQL: users, API tokens and invites."""
+"""Accounts on SQLite and on real PostgreSQL: users, API tokens, invites, and the CLI."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -16,9 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from libs.common import accounts, db, users
 from libs.common.accounts import AccountError
 from libs.common.models import ApiToken, Base, Invite, Pairing, User
+from libs.common.settings import Settings
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"
 T0 = 1_000_000.0
 
@@ -262,3 +268,49 @@ def test_two_racing_redemptions_make_one_account(
     assert outcomes == sorted(["carol@example.com", accounts.INVITE_USED])
     with sessions() as s:
         assert [u.email for u in users.list_users(s)] == ["admin@example.com", "carol@example.com"]
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def cli(url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    ours = {f.metadata["env"] for f in fields(Settings)}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    env.update(DATABASE_URL=url, LOG_LEVEL="DEBUG")
+    return subprocess.run(
+        [sys.executable, "-m", "services.web", "users", *args],
+        cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+def test_the_cli_creates_and_lists_users(url: str, engine: Engine) -> None:
+    made = cli(url, "create", "--admin", "Root@Example.com", "--name", "Root", stdin=PASSWORD)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines() == ["created admin root@example.com (Root)"]
+    member = cli(url, "create", "member@example.com", stdin=PASSWORD + "\nignored\n")
+    assert member.returncode == 0, member.stderr
+    assert member.stdout.splitlines() == ["created member member@example.com (member)"]
+    with db.sessions(engine)() as s, s.begin():
+        assert users.authenticate(s, "root@example.com", PASSWORD) is not None
+        assert users.authenticate(s, "member@example.com", PASSWORD) is not None
+    refused = [
+        cli(url, "create", "root@example.com", stdin=PASSWORD),  # taken
+        cli(url, "create", "new@example.com", stdin="too short\n"),
+        cli(url, "create", "new@example.com"),  # nothing on stdin
+        cli(url, "create", "not-an-email", stdin=PASSWORD),
+    ]
+    for result in refused:
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("conveyor: users: ")
+    listed = cli(url, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("root@example.com", "admin", "active"),
+        ("member@example.com", "member", "active"),
+    ]
+    for result in (made, member, *refused, listed):
+        assert PASSWORD not in result.stdout + result.stderr

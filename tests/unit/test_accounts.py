@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from libs.common import accounts, db, users
 from libs.common.accounts import AccountError
 from libs.common.models import User
+from services.web import users_cli
 
 PASSWORD = "correct horse battery staple"
 #: The same algorithm with cheaper parameters: what an older release might have stored.
@@ -193,3 +195,41 @@ def test_login_upgrades_a_hash_made_with_older_parameters(
     assert not accounts.needs_rehash(upgraded.password_hash)
     assert accounts.verify_password(upgraded.password_hash, PASSWORD)
     assert upgraded.password_changed_at == 100.0  # the same password, only hashed anew
+
+
+# ----------------------------------------------------------- the CLI's password reading
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_cli_reads_the_first_line_of_a_pipe_as_it_is() -> None:
+    pipe = io.StringIO("  spaces kept, newline not \r\nsecond line\n")
+    assert users_cli.read_password(pipe) == "  spaces kept, newline not "
+    assert users_cli.read_password(io.StringIO("")) == ""
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [([PASSWORD, PASSWORD], PASSWORD), ([PASSWORD, PASSWORD + "!"], None), ([EOFError()], None)],
+)
+def test_the_cli_asks_a_terminal_twice(
+    monkeypatch: pytest.MonkeyPatch, typed: list[object], expected: str | None
+) -> None:
+    answers = iter(typed)
+
+    def getpass(prompt: str = "") -> str:
+        answer = next(answers)
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, str)
+        return answer
+
+    monkeypatch.setattr(users_cli.getpass, "getpass", getpass)
+    if expected is None:
+        with pytest.raises(AccountError):
+            users_cli.read_password(_Terminal())
+    else:
+        assert users_cli.read_password(_Terminal()) == expected
