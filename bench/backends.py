@@ -63,10 +63,10 @@ class RabbitBackend:
         return None
 
     def queues_declared(self, prefix: str) -> bool:
-        return self._queue_info(task_queue_name(prefix)) is not None
+        return self.queue_info(task_queue_name(prefix)) is not None
 
     def workers_consuming(self, prefix: str, workers: list[Service]) -> bool:
-        info = self._queue_info(task_queue_name(prefix))
+        info = self.queue_info(task_queue_name(prefix))
         return info is not None and info[1] >= len(workers)
 
     def object_path(self, prefix: str, key: str) -> str | None:
@@ -75,7 +75,7 @@ class RabbitBackend:
     def cleanup(self, prefix: str, work: Path) -> None:
         shutil.rmtree(work / f"storage-{prefix}", ignore_errors=True)
 
-    def _queue_info(self, queue: str) -> tuple[int, int] | None:
+    def queue_info(self, queue: str) -> tuple[int, int] | None:
         """(messages, consumers) of ``queue``, or None if it does not exist (yet)."""
         try:
             with Connection(self.server.url, connect_timeout=5) as conn:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,12 @@ class RunResult:
 def create_database(server_url: str, name: str) -> str:
     """CREATE DATABASE ``name`` on the server of ``server_url``; return the new database's URL."""
     url = make_url(server_url)
-    with psycopg.connect(_dsn(server_url), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(dsn(server_url), autocommit=True, connect_timeout=10) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return url.set(database=name).render_as_string(hide_password=False)
 
 
-def _dsn(url: str) -> str:
+def dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
@@ -156,7 +157,7 @@ def run_pipeline(
         result.processes = [s.figures() for s in procs.services]
         result.load_after = loadavg()
         stop_all(procs.services)
-        source_key, tasks = _job_rows(database_url, job_id, result)
+        source_key, tasks = job_rows(database_url, job_id, result)
         if procs.meter is not None:
             result.meter = procs.meter.service.figures()
             stop_all([procs.meter.service])
@@ -198,8 +199,8 @@ def _measure(
         service.mark_post()
     broker_cpu0, pg_cpu0 = server_cpu_seconds(server), server_cpu_seconds(pg)
     machine0, self0, window0 = machine_cpu(), time.process_time(), time.perf_counter()
-    job_id = _run_job(client, source, args, result, procs.services)
-    _verify_output(client, job_id, result)
+    job_id = run_job(client, source, args, result, procs.services)
+    verify_output(client, job_id, result)
     for service in procs.everything:
         check([service])
         service.sample()
@@ -215,11 +216,11 @@ def _measure(
     return job_id
 
 
-def _job_rows(
+def job_rows(
     database_url: str, job_id: str, result: RunResult
 ) -> tuple[str, list[tuple[int, int, int]]]:
     """The job's input key and its tasks' (seq, start, end); its timestamps into ``result``."""
-    with psycopg.connect(_dsn(database_url), connect_timeout=10) as conn:
+    with psycopg.connect(dsn(database_url), connect_timeout=10) as conn:
         job = conn.execute(
             "SELECT source, created_at, started_at, finished_at FROM jobs WHERE id = %s",
             (job_id,),
@@ -237,24 +238,33 @@ def _job_rows(
     return str(job[0]), [(int(s), int(a), int(b)) for s, a, b in tasks]
 
 
-def _run_job(
+def run_job(
     client: httpx.Client,
     source: Path,
     args: argparse.Namespace,
     result: RunResult,
     services: list[Service],
+    *,
+    pool: str | None = None,
+    on_mark: Callable[[str], None] | None = None,
 ) -> str:
+    """POST the CSV job (to ``pool``, else the shared pool) and poll it until completed.
+    ``on_mark`` is called with ``"accepted"`` right after the POST's response and with
+    ``"completed"`` right after the poll that saw the job completed."""
+    mark = on_mark or (lambda _what: None)
+    form = {"mapping": data.SPEC_JSON, **({"pool": pool} if pool else {})}
     with open(source, "rb") as f:
         result.post_wall, started = time.time(), time.perf_counter()
         response = client.post(
             "/api/jobs/csv",
             files={"file": (source.name, f, "text/csv")},
-            data={"mapping": data.SPEC_JSON},
+            data=form,
             timeout=httpx.Timeout(args.job_timeout, connect=5.0),
         )
     result.upload_seconds = time.perf_counter() - started
     if response.status_code != 202:
         raise BenchError(f"POST /api/jobs/csv: {response.status_code} {response.text[:500]}")
+    mark("accepted")
     job_id: str = response.json()["id"]
     say(f"job {job_id} accepted after {result.upload_seconds:.1f}s (upload); polling")
     last_report = time.monotonic()
@@ -279,6 +289,7 @@ def _run_job(
         ):
             result.all_tasks_seen_seconds = elapsed
         if view["state"] == "completed":
+            mark("completed")
             result.seconds = elapsed
             result.progress = progress
             return job_id
@@ -294,7 +305,7 @@ def _run_job(
     raise BenchError("unreachable")
 
 
-def _verify_output(client: httpx.Client, job_id: str, result: RunResult) -> None:
+def verify_output(client: httpx.Client, job_id: str, result: RunResult) -> None:
     digest = hashlib.sha256()
     size = 0
     with client.stream("GET", f"/api/jobs/{job_id}/output") as response:
