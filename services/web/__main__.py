@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,
+        proxy_headers=False,  # the app believes X-Forwarded-For from TRUSTED_PROXIES only
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
     server = _Server(config)
@@ -50,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _Server(uvicorn.Server):
-    """SIGTERM/SIGINT end a graceful shutdown and exit 0 (uvicorn would re-raise them)."""
+    """SIGTERM/SIGINT end a graceful shutdown and exit 0 (uvicorn would re-raise them).
+    Gateway sockets are closed first with "going away" (1001), their tasks given back,
+    before uvicorn closes the remaining connections."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        hub = getattr(getattr(self.config.app, "state", None), "gateway", None)
+        if hub is not None:
+            await hub.going_away()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

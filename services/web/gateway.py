@@ -111,10 +111,18 @@ class Hub:
         if self.components.broker.broadcasts:
             self._thread.start()
 
-    async def stop(self) -> None:
-        """Close every socket with "going away" (their workers connect again), then stop."""
+    async def going_away(self, timeout: float = 10.0) -> None:
+        """Close every socket with "going away" and wait (at most ``timeout``) until each
+        consumer gave its tasks back: their workers connect again, to another instance."""
         for link in list(self.links):
-            link.outgoing.put_nowait((frames.GOING_AWAY, "the server is restarting"))
+            link.outgoing.put_nowait((frames.GOING_AWAY, "the server is shutting down"))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.links and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Close what sockets remain (``going_away``), then stop the control loop."""
+        await self.going_away()
         self._control.stop.set()
         if self._thread.is_alive():
             await anyio.to_thread.run_sync(self._thread.join, 25.0)

@@ -96,6 +96,8 @@ def test_revoking_through_another_instance_and_a_web_restart(
     wait_for(lambda: tasks_done() >= 5, 60, f"tasks under way\n{svc.logs()}")
     svc.procs["webA"].terminate()
     assert svc.procs["webA"].wait(30) == 0
+    going_away = "(1001: the server is shutting down)"  # not uvicorn's own 1012
+    wait_for(lambda: going_away in (tmp_path / "lent.log").read_text(), 30, "going away")
     at_restart = tasks_done()
     print(f"web A restarted with {at_restart} of 100 tasks done")
     assert at_restart < 100, "the job finished before the restart: it proves nothing"
