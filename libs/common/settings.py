@@ -135,6 +135,38 @@ def _secret(raw: str) -> str:
     return raw
 
 
+def _session_secret(raw: str) -> str:
+    if len(raw) < 32:
+        raise ValueError("must be at least 32 characters")
+    return raw
+
+
+_SECRETS = (_secret, _session_secret)
+
+#: ACCOUNTS values: log in (sessions, API tokens), or everyone is the implicit local admin.
+ACCOUNTS_REQUIRED, ACCOUNTS_OFF = "required", "off"
+
+
+def _accounts(raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in {ACCOUNTS_REQUIRED, ACCOUNTS_OFF}:
+        raise ValueError(f"expected {ACCOUNTS_REQUIRED} or {ACCOUNTS_OFF}")
+    return mode
+
+
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Addresses, CIDR networks or peer names (``testclient``), as uvicorn's proxy
+    middleware takes them; not ``*``, which would let any client choose its address."""
+    proxies = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for proxy in proxies:
+        if proxy == "*" or not re.fullmatch(r"[0-9A-Za-z.:_/\[\]-]+", proxy):
+            raise ValueError(
+                f"{proxy!r}: list the proxies' addresses or networks (10.0.0.0/8); "
+                "'*' would believe any client's X-Forwarded-For"
+            )
+    return proxies
+
+
 def _http_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
@@ -300,6 +332,34 @@ class Settings:
         "PAIRING_ATTEMPTS_GLOBAL_PER_MINUTE", _positive_int, 100,
         "Web: worker pairing attempts accepted per minute from all clients (then 429).",
     )  # fmt: skip
+    accounts: str = _setting(
+        "ACCOUNTS", _accounts, ACCOUNTS_OFF,
+        "Web: required (log in: browser sessions with CSRF checks, or API tokens) or off "
+        "(every request is the implicit local admin, no CSRF check). off by default for "
+        "now: the next step makes it required except on the loopback all-in-one.",
+    )  # fmt: skip
+    session_secret: str | None = _setting(
+        "SESSION_SECRET", _session_secret, None,
+        "Web: secret (32+ characters) that session cookies are encrypted and CSRF tokens "
+        "signed with; changing it logs everyone out. Required with ACCOUNTS=required; "
+        "otherwise unset means a random one per process.",
+    )  # fmt: skip
+    allow_signup: bool = _setting(
+        "ALLOW_SIGNUP", _bool, False,
+        "Web: anyone who reaches the app may make a member account. false: accounts come "
+        "from an admin's invitation or the users CLI only.",
+    )  # fmt: skip
+    trusted_proxies: tuple[str, ...] | None = _setting(
+        "TRUSTED_PROXIES", _proxies, None,
+        "Web: comma-separated addresses or networks of the reverse proxies whose "
+        "X-Forwarded-For (and -Proto) are believed for the client's address. Unset: none, "
+        "the peer is the client.",
+    )  # fmt: skip
+    login_attempts_per_minute: int = _setting(
+        "LOGIN_ATTEMPTS_PER_MINUTE", _positive_int, 10,
+        "Web: login and invitation attempts accepted per client address per minute (then "
+        "429); per account, ten times as many from all addresses together.",
+    )  # fmt: skip
     auto_migrate: bool = _setting(
         "AUTO_MIGRATE", _bool, True, "Run database migrations at start-up."
     )
@@ -341,6 +401,10 @@ class Settings:
         return self.broker_url is None
 
     @property
+    def accounts_required(self) -> bool:
+        return self.accounts == ACCOUNTS_REQUIRED
+
+    @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "memory://"
 
@@ -367,11 +431,16 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[f.name] = f.metadata["parse"](raw.strip())
         except ValueError as exc:
-            got = "a secret" if f.metadata["parse"] is _secret else repr(_redact(raw))
+            got = "a secret" if f.metadata["parse"] in _SECRETS else repr(_redact(raw))
             raise SettingsError(f"{name}: {exc} (got {got})") from None
     if "broker_url" not in values:
         values["broker_url"] = _assembled_broker_url(values)
     loaded = Settings(**values)
+    if loaded.accounts == ACCOUNTS_REQUIRED and loaded.session_secret is None:
+        raise SettingsError(
+            "SESSION_SECRET: required with ACCOUNTS=required (32+ random characters: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     if loaded.sqs_wait_seconds * 4 > loaded.sqs_visibility_timeout:
         raise SettingsError(
             f"SQS_WAIT_SECONDS: at most a quarter of SQS_VISIBILITY_TIMEOUT "

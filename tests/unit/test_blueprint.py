@@ -114,6 +114,8 @@ UNSET_ON_RENDER: dict[str, tuple[str, str]] = {
     "WORKER_BROKER_URL": ("conveyor-dispatcher conveyor-worker", "only the web service pairs"),
     "WORKER_STORAGE_URL": ("conveyor-dispatcher conveyor-worker", "only the web service pairs"),
     "LASTFM_API_KEY": ("conveyor-worker", "only web and dispatcher call Last.fm"),
+    "SESSION_SECRET": ("*", "ACCOUNTS stays off until it is enforced (issue 12)"),
+    "TRUSTED_PROXIES": ("*", "no X-Forwarded-For believed until the deploy step names the proxy"),
 }
 
 #: What an operator types for each ``sync: false`` value (docs/deploy.md), by scenario.

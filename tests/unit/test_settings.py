@@ -187,3 +187,32 @@ def test_describe_mentions_every_variable() -> None:
 
 def test_env_names_are_unique() -> None:
     assert len(ENV_NAMES) == len(set(ENV_NAMES))
+
+
+def test_accounts_settings() -> None:
+    s = load({})
+    assert (s.accounts, s.accounts_required, s.session_secret) == ("off", False, None)
+    assert (s.allow_signup, s.trusted_proxies, s.login_attempts_per_minute) == (False, None, 10)
+    secret = "x" * 32
+    on = load({"ACCOUNTS": "Required", "SESSION_SECRET": secret, "ALLOW_SIGNUP": "yes",
+               "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,testclient"})  # fmt: skip
+    assert on.accounts_required and on.session_secret == secret and on.allow_signup
+    assert on.trusted_proxies == ("10.0.0.0/8", "127.0.0.1", "testclient")
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ACCOUNTS": "required"}, "SESSION_SECRET: required with ACCOUNTS=required"),
+        ({"ACCOUNTS": "maybe"}, "ACCOUNTS: expected required or off"),
+        ({"SESSION_SECRET": "short-but-secret"}, "SESSION_SECRET: must be at least 32"),
+        ({"TRUSTED_PROXIES": "*"}, "TRUSTED_PROXIES: '*'"),
+        ({"TRUSTED_PROXIES": "10.0.0.1 evil"}, "TRUSTED_PROXIES: '10.0.0.1 evil'"),
+        ({"LOGIN_ATTEMPTS_PER_MINUTE": "0"}, "LOGIN_ATTEMPTS_PER_MINUTE: must be a positive"),
+    ],
+)
+def test_accounts_settings_refused(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(env)
+    assert str(caught.value).startswith(named)
+    assert "short-but-secret" not in str(caught.value)  # a secret is never quoted
