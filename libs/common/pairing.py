@@ -56,23 +56,29 @@ def token_hash(key: bytes, token: str) -> str:
     return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
 
 
+#: Keys kept before idle ones are dropped, for a throttle without a global cap.
+MAX_IDLE_KEYS = 10_000
+
+
 class Throttle:
-    """Sliding-window limits on attempts: ``per_key`` per client address, ``total`` for all.
+    """Sliding-window limits on attempts: ``per_key`` per key (a client address, an
+    account), ``total`` for all keys together (None: no global cap).
 
     ``attempt(key)`` records the attempt and returns None when it is allowed, else the
     seconds until one would be (refused attempts are not recorded, so hammering does not
-    extend the wait). Memory: at most ``per_key`` timestamps per address seen within the
-    window; addresses idle for a window are dropped.
+    extend the wait). Memory: at most ``per_key`` timestamps per key seen within the
+    window; keys idle for a window are dropped.
     """
 
     def __init__(
         self,
         per_key: int,
-        total: int,
+        total: int | None,
         window: float = WINDOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.per_key, self.total, self.window, self.clock = per_key, total, window, clock
+        self._max_keys = MAX_IDLE_KEYS if total is None else 4 * total
         self._keys: dict[str, deque[float]] = {}
         self._all: deque[float] = deque()
         self._lock = threading.Lock()
@@ -82,16 +88,17 @@ class Throttle:
             at = self.clock()
             horizon = at - self.window
             _expire(self._all, horizon)
-            if len(self._keys) > 4 * self.total:  # forget addresses idle for a window
+            if len(self._keys) > self._max_keys:  # forget keys idle for a window
                 for k in [k for k, q in self._keys.items() if not q or q[-1] <= horizon]:
                     del self._keys[k]
             mine = self._keys.setdefault(key, deque())
             _expire(mine, horizon)
             for seen, cap in ((mine, self.per_key), (self._all, self.total)):
-                if len(seen) >= cap:
+                if cap is not None and len(seen) >= cap:
                     return max(1, math.ceil(seen[0] + self.window - at))
             mine.append(at)
-            self._all.append(at)
+            if self.total is not None:
+                self._all.append(at)
             return None
 
 

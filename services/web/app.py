@@ -25,7 +25,8 @@ from libs.common.outbox import Relay
 from libs.common.runtime import Components
 from libs.common.similarity import VectorIndex
 from services.dispatcher.service import Dispatcher
-from services.web import gateway
+from services.web import auth, auth_middleware, gateway
+from services.web.auth_api import AuthController, TokensController, UsersController
 from services.web.jobs_api import JobsController
 from services.web.pairing_api import PairedWorkersController, PairingsController, pairing_state
 from services.web.task_urls_api import TaskUrlsController
@@ -77,6 +78,7 @@ def index() -> str:
 def create_app(components: Components, *, embedded: bool | None = None) -> Litestar:
     embedded = components.settings.embedded if embedded is None else embedded
     hub = gateway.Hub(components)
+    accounts = auth.auth_state(components.settings, components.sessions)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -104,6 +106,9 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
             PairingsController,
             PairedWorkersController,
             TaskUrlsController,
+            AuthController,
+            TokensController,
+            UsersController,
             gateway.handler(lambda state: state.pairing.key),
             healthz,
             readyz,
@@ -114,8 +119,10 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
                 "components": components,
                 "pairing": pairing_state(components.settings, embedded),
                 "gateway": hub,
+                "auth": accounts,
             }
         ),
+        middleware=auth_middleware.middleware(components.settings, accounts),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="Conveyor", version="0.1.0", path="/schema"),
         logging_config=None,
