@@ -37,6 +37,7 @@ from kombu.message import Message
 from litestar import WebSocket, websocket
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.handlers import WebsocketRouteHandler
 
 from libs.common import frames, messages, topology
 from libs.common.consuming import ConsumeLoop, Session
@@ -336,7 +337,7 @@ async def _close(socket: WebSocket, code: int, reason: str) -> None:
         await socket.close(code, reason[:120])
 
 
-def handler(get_key: Callable[[State], bytes | None]) -> object:
+def handler(get_key: Callable[[State], bytes | None]) -> WebsocketRouteHandler:
     @websocket(frames.PATH)
     async def connect(socket: WebSocket, state: State) -> None:
         """The worker gateway (WebSocket): a paired worker's tasks, results and progress.
