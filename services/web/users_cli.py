@@ -2,9 +2,12 @@
 
 ``users create [--admin] EMAIL [--name NAME]`` asks for the password twice on a terminal,
 else reads the first line of stdin (``printf '%s\\n' "$PASSWORD" | ...``), so it never
-appears in argv or the shell history. ``users list`` shows who has an account. Both use
-DATABASE_URL and migrate it as the web does (AUTO_MIGRATE); they need no broker.
-Exit 2, with one line on stderr, for a bad email, a weak password or a taken email.
+appears in argv or the shell history. ``users list`` shows who has an account.
+``users token EMAIL [--name NAME]`` makes an API token for that user, for scripts, and
+prints it on stdout, alone, once (it is stored only as a hash). All use DATABASE_URL and
+migrate it as the web does (AUTO_MIGRATE); they need no broker.
+Exit 2, with one line on stderr, for a bad email, a weak password, a taken email, or (for
+a token) an unknown or disabled account.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import sys
 import time
 from typing import TextIO
 
+from sqlalchemy import select
+
 from libs.common import accounts, db, runtime, users
+from libs.common.models import User
 
 PROG = "python -m services.web users"
+TOKEN_NAME = "command line"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +44,16 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true", help="an admin (default: a member)")
     create.add_argument("--name", default="", help="display name (default: from the email)")
     commands.add_parser("list", help="list the accounts", description="List the accounts.")
+    token = commands.add_parser(
+        "token",
+        help="make an API token for a user",
+        description="Make an API token (Authorization: Bearer) for the account EMAIL and print "
+        "it on stdout, once: only its hash is stored. It carries that user's rights.",
+    )
+    token.add_argument("email", metavar="EMAIL")
+    token.add_argument(
+        "--name", default=TOKEN_NAME, help=f"what will use it (default: {TOKEN_NAME!r})"
+    )
     return root
 
 
@@ -44,6 +61,8 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.command == "create":
         return create(args.email, args.name, accounts.ADMIN if args.admin else accounts.MEMBER)
+    if args.command == "token":
+        return make_token(args.email, args.name)
     return list_users()
 
 
@@ -92,6 +111,31 @@ def list_users() -> int:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(user.created_at))
         state = "disabled" if user.disabled_at is not None else "active"
         print(f"{user.email}\t{user.role}\t{state}\t{created}\t{user.name}")
+    return 0
+
+
+def make_token(email: str, name: str) -> int:
+    try:
+        email = accounts.normalise_email(email)
+    except accounts.AccountError as exc:
+        return refuse(exc)
+    engine = runtime.database(runtime.load_settings())
+    try:
+        with db.sessions(engine)() as session, session.begin():
+            user = session.scalar(select(User).where(User.email == email))
+            if user is None:
+                raise accounts.AccountError(f"no account with the email address {email}")
+            row, token = users.create_api_token(session, user, name)
+    except accounts.AccountError as exc:
+        return refuse(exc)
+    finally:
+        engine.dispose()
+    print(
+        f"conveyor: users: API token {row.prefix}… ({row.name}) for {email}: shown once, "
+        "here; only its hash is kept",
+        file=sys.stderr,
+    )
+    print(token, flush=True)
     return 0
 
 
