@@ -10,7 +10,8 @@ worker token never travels in a URL.
 
 from __future__ import annotations
 
-#: Anyone: the process's health and the API's description.
+#: Anyone: the process's health, the API's description, and the invitation page and the
+#: page's script (static: what they show comes from the API, by its own rules).
 PUBLIC = "public"
 #: Whoever reaches the app, until accounts land (issue 12): jobs, tracks, workers, pairings.
 OPERATOR = "operator (anyone who reaches the app until accounts exist)"
@@ -33,6 +34,8 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/"): OPERATOR,
+    ("GET", "/invite"): PUBLIC,
+    ("GET", "/ui/account.js"): PUBLIC,
     ("GET", "/api/jobs"): OPERATOR,
     ("GET", _JOB): OPERATOR,
     ("GET", f"{_JOB}/errors"): OPERATOR,

@@ -35,6 +35,8 @@ from services.web.workers_api import WorkersController
 
 log = logging.getLogger(__name__)
 UI = Path(__file__).with_name("ui") / "index.html"
+#: The page's accounts script (login, invite page, account menu, users panel).
+ACCOUNT_JS = UI.with_name("account.js")
 
 
 def internal_error(request: Request, exc: Exception) -> Response[dict[str, object]]:
@@ -70,9 +72,16 @@ async def readyz(state: State) -> Response[dict[str, str]]:
     )
 
 
-@get("/", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
+@get(["/", "/invite"], media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
 def index() -> str:
+    """The UI: one page. ``/invite#cvi_…`` is the same page, redeeming the invitation in
+    the fragment, which the browser never sends to a server."""
     return UI.read_text(encoding="utf-8")
+
+
+@get("/ui/account.js", media_type="text/javascript", include_in_schema=False, sync_to_thread=False)
+def account_js() -> str:
+    return ACCOUNT_JS.read_text(encoding="utf-8")
 
 
 def create_app(components: Components, *, embedded: bool | None = None) -> Litestar:
@@ -113,6 +122,7 @@ def create_app(components: Components, *, embedded: bool | None = None) -> Lites
             healthz,
             readyz,
             index,
+            account_js,
         ],
         state=State(
             {
