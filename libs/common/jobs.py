@@ -67,6 +67,7 @@ def create_csv_job(
     spec_json: str,
     filename: str,
     pool: str = "shared",
+    owner_id: str | None = None,
 ) -> Job:
     job = Job(
         id=job_id,
@@ -78,6 +79,7 @@ def create_csv_job(
         source_bytes=source_bytes,
         header=header,
         created_at=now(),
+        owner_id=owner_id,
     )
     session.add(job)
     outbox.add(session, topology.JOB_KEY, messages.envelope(job_id, messages.JobRequested(CSV)))
@@ -85,11 +87,12 @@ def create_csv_job(
 
 
 def create_canary_job(
-    session: Session, *, job_id: str, tasks: int, seconds: float, pool: str = "shared"
-) -> Job:
+    session: Session, *, job_id: str, tasks: int, seconds: float, pool: str = "shared",
+    owner_id: str | None = None,
+) -> Job:  # fmt: skip
     job = Job(
         id=job_id, kind=CANARY, state=QUEUED, params={"tasks": tasks, "seconds": seconds},
-        created_at=now(), pool=pool,
+        created_at=now(), pool=pool, owner_id=owner_id,
     )  # fmt: skip
     session.add(job)
     outbox.add(session, topology.JOB_KEY, messages.envelope(job_id, messages.JobRequested(CANARY)))
@@ -97,12 +100,16 @@ def create_canary_job(
 
 
 def create_track_job(
-    session: Session, *, job_id: str, kind: str, params: dict[str, Any], pool: str = "shared"
-) -> Job:
+    session: Session, *, job_id: str, kind: str, params: dict[str, Any], pool: str = "shared",
+    owner_id: str | None = None,
+) -> Job:  # fmt: skip
     """A Last.fm or audio-folder job; the dispatcher lists its tracks when it fans it out."""
     if kind not in TRACK_KINDS:
         raise ValueError(f"not a track job kind: {kind!r}")
-    job = Job(id=job_id, kind=kind, state=QUEUED, params=params, created_at=now(), pool=pool)
+    job = Job(
+        id=job_id, kind=kind, state=QUEUED, params=params, created_at=now(), pool=pool,
+        owner_id=owner_id,
+    )  # fmt: skip
     session.add(job)
     outbox.add(session, topology.JOB_KEY, messages.envelope(job_id, messages.JobRequested(kind)))
     return job

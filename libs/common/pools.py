@@ -58,8 +58,12 @@ def check(session: Session, pool: str | None) -> str:
             f"every worker paired into pool {pool!r} was revoked: pair a machine with a new "
             "code, or submit to the shared pool",
         )
-    raise PoolError(
-        422,
+    raise PoolError(422, unserved(pool))
+
+
+def unserved(pool: str) -> str:
+    """Why a job cannot go to a pool nobody serves (or, to a member, someone else's)."""
+    return (
         f"no worker serves pool {pool!r}: pair a machine with a code from the app, or start "
-        f"a worker with --pool {pool}",
+        f"a worker with --pool {pool}"
     )

@@ -86,12 +86,16 @@ def status_column(at: float, missed: int) -> ColumnElement[str]:
 
 
 def page(
-    session: Session, at: float, missed: int, wanted: str | None, limit: int, offset: int
-) -> tuple[list[tuple[Worker, str]], int]:
-    """(workers with their status, online first then most recently seen; how many match)."""
+    session: Session, at: float, missed: int, wanted: str | None, limit: int, offset: int,
+    where: ColumnElement[bool] | None = None,
+) -> tuple[list[tuple[Worker, str]], int]:  # fmt: skip
+    """(workers with their status, online first then most recently seen; how many match).
+    ``where`` limits the workers (a member's own)."""
     column = status_column(at, missed)
     rows = select(Worker, column.label("status"))
     total = select(func.count()).select_from(Worker)
+    if where is not None:
+        rows, total = rows.where(where), total.where(where)
     if wanted is not None:
         rows, total = rows.where(column == wanted), total.where(column == wanted)
     rows = rows.order_by(case((column == ONLINE, 0), else_=1), Worker.last_seen.desc(), Worker.id)
@@ -99,8 +103,13 @@ def page(
     return [(w, s) for w, s in found], session.scalar(total) or 0
 
 
-def counts(session: Session, at: float, missed: int) -> dict[str, int]:
+def counts(
+    session: Session, at: float, missed: int, where: ColumnElement[bool] | None = None
+) -> dict[str, int]:
     """How many workers have each status (every status present, zeros included)."""
     column = status_column(at, missed)
-    found = {s: n for s, n in session.execute(select(column, func.count()).group_by(column))}
+    query = select(column, func.count()).select_from(Worker).group_by(column)
+    if where is not None:
+        query = query.where(where)
+    found = {s: n for s, n in session.execute(query)}
     return {s: int(found.get(s, 0)) for s in STATUSES}
