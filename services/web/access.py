@@ -1,11 +1,14 @@
 """Who may call each route: every route of the app has an owner and an access rule here.
 
-A route missing from ``RULES`` fails ``tests/unit/test_route_access.py``, so a new route
-cannot ship without saying who may call it. Until accounts are enforced on them (issue
-12), the app's own routes are open to whoever reaches the address: ``docs/deploy.md``
-says not to publish it. The account routes already check who calls (``auth.py``). What
-a paired worker calls takes its worker token and is limited to its own pool's tasks; the
-worker token never travels in a URL.
+A route missing from ``RULES`` fails ``tests/unit/test_route_access.py``, and its row in
+the access matrix (``tests/integration/test_access_matrix.py``: every route by anonymous,
+another member, the owner, an admin) fails there, so a new route cannot ship without
+saying who may call it. The app's own routes take a logged-in user (``require_user``)
+and answer a member about their own objects only: another user's job, pairing or paired
+worker answers 404, as one that does not exist (``ownership.py`` has the rules). With
+ACCOUNTS=off everyone is the local admin, as before accounts. What a paired worker
+calls takes its worker token and is limited to its own pool's tasks; the worker token
+never travels in a URL.
 """
 
 from __future__ import annotations
@@ -13,8 +16,19 @@ from __future__ import annotations
 #: Anyone: the process's health, the API's description, and the invitation page and the
 #: page's script (static: what they show comes from the API, by its own rules).
 PUBLIC = "public"
-#: Whoever reaches the app, until accounts land (issue 12): jobs, tracks, workers, pairings.
-OPERATOR = "operator (anyone who reaches the app until accounts exist)"
+#: Anyone: the page's HTML; everything it shows comes from the guarded API.
+PAGE = "anyone (the static page; its data comes from the guarded API)"
+#: A logged-in user; a member acts on their own objects only (another's: 404), an admin
+#: on all. Rows from before accounts (no owner) are the admins'.
+OWNER = "a logged-in user: a member their own objects only (another's: 404), an admin all"
+#: A logged-in user: the track library (public songs' vectors) is shared by all users.
+SHARED = "a logged-in user (the shared track library)"
+#: As OWNER; the pool named must be ``shared``, one of the caller's pairings' pools
+#: (another's: 422, as an unknown pool), or, for an admin only, an operator's pool (403).
+SUBMIT = "a logged-in user: pool shared or their own pairing's; operator pools admin only"
+#: As OWNER; pairing into the ``shared`` pool is for admins (403), into an earlier
+#: pairing's pool for its owner (another's: 422, as an unknown pool).
+PAIRING = "a logged-in user: a new or their own pool; the shared pool admin only"
 #: Anyone: log in or out, sign up, redeem an invitation (throttled per account and address).
 ANONYMOUS = "anyone (logins and invitations throttled per account and address)"
 #: A logged-in user, by session cookie or API token; their own tokens only.
@@ -33,28 +47,28 @@ _TASK = "/api/workers/tasks/{task_id:str}"
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
-    ("GET", "/"): OPERATOR,
+    ("GET", "/"): PAGE,
     ("GET", "/invite"): PUBLIC,
     ("GET", "/ui/account.js"): PUBLIC,
-    ("GET", "/api/jobs"): OPERATOR,
-    ("GET", _JOB): OPERATOR,
-    ("GET", f"{_JOB}/errors"): OPERATOR,
-    ("GET", f"{_JOB}/output"): OPERATOR,
-    ("POST", f"{_JOB}/cancel"): OPERATOR,
-    ("POST", f"{_JOB}/retry"): OPERATOR,
-    ("POST", "/api/jobs/csv"): OPERATOR,
-    ("POST", "/api/jobs/audio"): OPERATOR,
-    ("POST", "/api/jobs/canary"): OPERATOR,
-    ("POST", "/api/jobs/lastfm"): OPERATOR,
-    ("GET", "/api/tracks"): OPERATOR,
-    ("GET", "/api/tracks/export"): OPERATOR,
-    ("GET", "/api/tracks/{track_id:int}"): OPERATOR,
-    ("GET", "/api/tracks/{track_id:int}/similar"): OPERATOR,
-    ("GET", "/api/workers"): OPERATOR,
-    ("GET", "/api/workers/{worker_id:str}"): OPERATOR,
-    ("DELETE", "/api/workers/{worker_id:str}"): OPERATOR,
-    ("POST", "/api/pairings"): OPERATOR,
-    ("GET", "/api/pairings/{pairing_id:str}"): OPERATOR,
+    ("GET", "/api/jobs"): OWNER,
+    ("GET", _JOB): OWNER,
+    ("GET", f"{_JOB}/errors"): OWNER,
+    ("GET", f"{_JOB}/output"): OWNER,
+    ("POST", f"{_JOB}/cancel"): OWNER,
+    ("POST", f"{_JOB}/retry"): OWNER,
+    ("POST", "/api/jobs/csv"): SUBMIT,
+    ("POST", "/api/jobs/audio"): SUBMIT,
+    ("POST", "/api/jobs/canary"): SUBMIT,
+    ("POST", "/api/jobs/lastfm"): SUBMIT,
+    ("GET", "/api/tracks"): SHARED,
+    ("GET", "/api/tracks/export"): SHARED,
+    ("GET", "/api/tracks/{track_id:int}"): SHARED,
+    ("GET", "/api/tracks/{track_id:int}/similar"): SHARED,
+    ("GET", "/api/workers"): OWNER,
+    ("GET", "/api/workers/{worker_id:str}"): OWNER,
+    ("DELETE", "/api/workers/{worker_id:str}"): OWNER,
+    ("POST", "/api/pairings"): PAIRING,
+    ("GET", "/api/pairings/{pairing_id:str}"): OWNER,
     ("POST", "/api/auth/login"): ANONYMOUS,
     ("POST", "/api/auth/logout"): ANONYMOUS,
     ("POST", "/api/auth/signup"): ANONYMOUS,

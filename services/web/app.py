@@ -28,7 +28,8 @@ from services.dispatcher.service import Dispatcher
 from services.web import auth, auth_middleware, gateway
 from services.web.auth_api import AuthController, TokensController, UsersController
 from services.web.jobs_api import JobsController
-from services.web.pairing_api import PairedWorkersController, PairingsController, pairing_state
+from services.web.pairing_api import PairedWorkersController, pairing_state
+from services.web.pairing_codes_api import PairingsController
 from services.web.task_urls_api import TaskUrlsController
 from services.web.tracks_api import TracksController
 from services.web.workers_api import WorkersController

@@ -12,13 +12,13 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Response, Stream
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from libs.common import jobs, mapping, pools
+from libs.common import jobs, mapping
 from libs.common.audio import sources
 from libs.common.models import COMPLETED, ItemError, Job
 from libs.common.runtime import Components
-from services.web import schemas, upload
+from services.web import ownership, schemas, upload
+from services.web.auth import Identity, require_user
 
 T = TypeVar("T")
 Limit = Annotated[int, Parameter(ge=1, le=1000)]
@@ -29,22 +29,23 @@ def _components(state: State) -> Components:
     return state.components
 
 
-def _job(c: Components, job_id: FromPath[str]) -> Job:
+def _job(c: Components, who: Identity, job_id: str) -> Job:
+    """The job if the caller may see it (their own, or any for an admin); 404 otherwise."""
     with c.sessions() as session:
-        job = session.get(Job, job_id)
-    if job is None:
-        raise NotFoundException(detail=f"no job with id {job_id!r}")
-    return job
+        return ownership.job(session, who, job_id)
 
 
 class JobsController(Controller):
+    """A member's jobs are their own (another's answer 404); an admin sees every job."""
+
     path = "/api/jobs"
+    guards = [require_user]
 
     @post("/csv", status_code=202, request_max_body_size=None)
     async def submit_csv(self, request: Request, state: State) -> Response[schemas.JobView]:
         """Upload a CSV (multipart field `file`) with an optional JSON `mapping` spec and an
         optional `pool` (default `shared`; a pairing's pool in remote worker mode)."""
-        c = _components(state)
+        c, who = _components(state), ownership.caller(request)
         job_id = jobs.new_job_id()
         key = jobs.upload_key(job_id)
         received = await upload.receive(
@@ -58,7 +59,7 @@ class JobsController(Controller):
             await anyio.to_thread.run_sync(c.storage.delete, key)
             raise upload.unprocessable(f"invalid mapping spec: {exc}") from None
         try:
-            job = await anyio.to_thread.run_sync(_create, c, job_id, received, spec.to_json())
+            job = await anyio.to_thread.run_sync(_create, c, who, job_id, received, spec.to_json())
         except BaseException:
             await anyio.to_thread.run_sync(c.storage.delete, key)
             raise
@@ -66,21 +67,21 @@ class JobsController(Controller):
 
     @post("/canary", status_code=202, sync_to_thread=True)
     def submit_canary(
-        self, state: State, data: JSONBody[schemas.CanaryRequest]
+        self, state: State, request: Request, data: JSONBody[schemas.CanaryRequest]
     ) -> Response[schemas.JobView]:
         """Tasks that each hold a worker for `seconds`: to smoke-test workers and leases."""
-        c = _components(state)
+        c, who = _components(state), ownership.caller(request)
         job_id = jobs.new_job_id()
         with c.sessions() as session, session.begin():
-            pool = _pool(session, data.pool)
             job = jobs.create_canary_job(
-                session, job_id=job_id, tasks=data.tasks, seconds=data.seconds, pool=pool
-            )
+                session, job_id=job_id, tasks=data.tasks, seconds=data.seconds,
+                pool=ownership.job_pool(session, who, data.pool), owner_id=who.id,
+            )  # fmt: skip
         return _accepted(state, job)
 
     @post("/lastfm", status_code=202, sync_to_thread=True)
     def submit_lastfm(
-        self, state: State, data: JSONBody[schemas.LastfmRequest]
+        self, state: State, request: Request, data: JSONBody[schemas.LastfmRequest]
     ) -> Response[schemas.JobView]:
         """Vectorize a Last.fm user's tracks; `period` applies to `source: "top"` only."""
         c = _components(state)
@@ -95,11 +96,11 @@ class JobsController(Controller):
             )
         params = {"username": data.username, "source": data.source,
                   "period": data.period or "overall", "limit": data.limit}  # fmt: skip
-        return _submit_tracks(state, jobs.LASTFM, params, data.pool)
+        return _submit_tracks(state, request, jobs.LASTFM, params, data.pool)
 
     @post("/audio", status_code=202, sync_to_thread=True)
     def submit_audio(
-        self, state: State, data: JSONBody[schemas.AudioRequest]
+        self, state: State, request: Request, data: JSONBody[schemas.AudioRequest]
     ) -> Response[schemas.JobView]:
         """Vectorize every audio file under `prefix` (file:///dir/ or s3://bucket/prefix/)."""
         c = _components(state)
@@ -110,29 +111,34 @@ class JobsController(Controller):
         except ValueError as exc:
             raise upload.unprocessable(f"invalid prefix: {exc}") from None
         params = {"prefix": prefix, "limit": data.limit}
-        return _submit_tracks(state, jobs.AUDIO, params, data.pool)
+        return _submit_tracks(state, request, jobs.AUDIO, params, data.pool)
 
     @get("/", sync_to_thread=True)
-    def list_jobs(self, state: State, limit: Limit = 50, offset: Offset = 0) -> schemas.JobPage:
-        """Jobs, newest first."""
+    def list_jobs(
+        self, state: State, request: Request, limit: Limit = 50, offset: Offset = 0
+    ) -> schemas.JobPage:
+        """Jobs, newest first: the caller's own (every job for an admin)."""
+        where = ownership.mine(ownership.caller(request), Job.owner_id)
         with _components(state).sessions() as session:
-            total = session.scalar(select(func.count()).select_from(Job)) or 0
+            total = session.scalar(select(func.count()).select_from(Job).where(where)) or 0
             rows = session.scalars(
-                select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-            ).all()
+                select(Job).where(where).order_by(Job.created_at.desc(), Job.id)
+                .limit(limit).offset(offset)
+            ).all()  # fmt: skip
         return schemas.JobPage([schemas.job_view(j) for j in rows], total, limit, offset)
 
     @get("/{job_id:str}", sync_to_thread=True)
-    def get_job(self, state: State, job_id: FromPath[str]) -> schemas.JobView:
-        return schemas.job_view(_job(_components(state), job_id))
+    def get_job(self, state: State, request: Request, job_id: FromPath[str]) -> schemas.JobView:
+        return schemas.job_view(_job(_components(state), ownership.caller(request), job_id))
 
     @get("/{job_id:str}/errors", sync_to_thread=True)
     def get_errors(
-        self, state: State, job_id: FromPath[str], limit: Limit = 100, offset: Offset = 0
-    ) -> schemas.ErrorPage:
+        self, state: State, request: Request, job_id: FromPath[str], limit: Limit = 100,
+        offset: Offset = 0,
+    ) -> schemas.ErrorPage:  # fmt: skip
         """Row-level errors in row order: row number (1 = first data row), column, reason."""
         c = _components(state)
-        _job(c, job_id)
+        _job(c, ownership.caller(request), job_id)
         with c.sessions() as session:
             where = ItemError.job_id == job_id
             total = session.scalar(select(func.count()).where(where)) or 0
@@ -144,10 +150,10 @@ class JobsController(Controller):
         return schemas.ErrorPage(items, total, limit, offset)
 
     @get("/{job_id:str}/output", sync_to_thread=True)
-    def get_output(self, state: State, job_id: FromPath[str]) -> Stream:
+    def get_output(self, state: State, request: Request, job_id: FromPath[str]) -> Stream:
         """The mapped CSV, in input order; 409 until the job is completed."""
         c = _components(state)
-        job = _job(c, job_id)
+        job = _job(c, ownership.caller(request), job_id)
         if job.state != COMPLETED or not job.output:
             raise HTTPException(
                 status_code=409, detail=f"the output is not ready: the job is {job.state}"
@@ -160,18 +166,20 @@ class JobsController(Controller):
         )
 
     @post("/{job_id:str}/cancel", status_code=202, sync_to_thread=True)
-    def cancel_job(self, state: State, job_id: FromPath[str]) -> schemas.JobView:
+    def cancel_job(self, state: State, request: Request, job_id: FromPath[str]) -> schemas.JobView:
         c = _components(state)
         with c.sessions() as session, session.begin():
+            ownership.job(session, ownership.caller(request), job_id)
             job = _lifecycle(lambda: jobs.cancel(session, job_id), job_id)
         state.relay.wake()
         return schemas.job_view(job)
 
     @post("/{job_id:str}/retry", status_code=202, sync_to_thread=True)
-    def retry_job(self, state: State, job_id: FromPath[str]) -> schemas.RetryView:
+    def retry_job(self, state: State, request: Request, job_id: FromPath[str]) -> schemas.RetryView:
         """Queue the job's dead-lettered tasks again."""
         c = _components(state)
         with c.sessions() as session, session.begin():
+            ownership.job(session, ownership.caller(request), job_id)
             count = _lifecycle(lambda: jobs.retry_dead(session, job_id), job_id)
         state.relay.wake()
         return schemas.RetryView(job_id, count)
@@ -187,21 +195,15 @@ def _lifecycle(fn: Callable[[], T], job_id: str) -> T:
 
 
 def _submit_tracks(
-    state: State, kind: str, params: dict[str, object], pool: str | None
+    state: State, request: Request, kind: str, params: dict[str, object], pool: str | None
 ) -> Response[schemas.JobView]:
-    job_id = jobs.new_job_id()
+    job_id, who = jobs.new_job_id(), ownership.caller(request)
     with _components(state).sessions() as session, session.begin():
-        chosen = _pool(session, pool)
-        job = jobs.create_track_job(session, job_id=job_id, kind=kind, params=params, pool=chosen)
+        job = jobs.create_track_job(
+            session, job_id=job_id, kind=kind, params=params,
+            pool=ownership.job_pool(session, who, pool), owner_id=who.id,
+        )  # fmt: skip
     return _accepted(state, job)
-
-
-def _pool(session: Session, pool: str | None) -> str:
-    """The job's pool: ``shared`` unless one is named; 422/409 if no worker serves it."""
-    try:
-        return pools.check(session, pool)
-    except pools.PoolError as exc:
-        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
 
 
 def _accepted(state: State, job: Job) -> Response[schemas.JobView]:
@@ -212,12 +214,14 @@ def _accepted(state: State, job: Job) -> Response[schemas.JobView]:
     )
 
 
-def _create(c: Components, job_id: FromPath[str], received: upload.Upload, spec_json: str) -> Job:
+def _create(
+    c: Components, who: Identity, job_id: str, received: upload.Upload, spec_json: str
+) -> Job:
     with c.sessions() as session, session.begin():
         return jobs.create_csv_job(
             session, job_id=job_id, source_bytes=received.size, header=received.header,
             spec_json=spec_json, filename=received.filename,
-            pool=_pool(session, received.pool),
+            pool=ownership.job_pool(session, who, received.pool), owner_id=who.id,
         )  # fmt: skip
 
 

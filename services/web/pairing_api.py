@@ -1,9 +1,11 @@
 """Worker pairing: the app shows a one-time code; a worker exchanges it for a token.
 
-``POST /api/pairings`` makes a code (10 minutes, once); ``POST /api/workers/pair`` trades
-it for a worker token and connection settings; ``POST /api/workers/refresh`` trades the
-token for fresh settings; ``DELETE /api/workers/{id}`` (routed in ``workers_api``) revokes
-the token. Codes and tokens are never stored or logged in clear (``libs/common/pairing.py``).
+``POST /api/pairings`` makes a code (10 minutes, once: ``pairing_codes_api``);
+``POST /api/workers/pair`` trades it for a worker token and connection settings;
+``POST /api/workers/refresh`` trades the token for fresh settings;
+``DELETE /api/workers/{id}`` (``workers_api``) revokes the token. Codes and tokens are
+never stored or logged in clear (``libs/common/pairing.py``). A worker token belongs to
+its pairing's owner.
 """
 
 from __future__ import annotations
@@ -12,21 +14,28 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import Body, FromPath
-from sqlalchemy import exists, or_, select, update
+from litestar.exceptions import HTTPException
+from litestar.params import Body
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from libs.common import messages, outbox, pairing, pools
-from libs.common.models import Pairing, Worker, WorkerToken, now
+from libs.common import pairing
+from libs.common.models import Pairing, WorkerToken, now
 from libs.common.runtime import Components
 from libs.common.settings import Settings
+from services.web.pairing_schemas import (
+    BROKER,
+    GATEWAY,
+    ConnectionView,
+    PairedView,
+    PairRequest,
+    RefreshRequest,
+)
 
 log = logging.getLogger(__name__)
 NOT_CONFIGURED = "pairing is not configured: set WORKER_TOKEN_KEY"
@@ -49,86 +58,6 @@ def pairing_state(settings: Settings, embedded: bool) -> PairingState:
         settings.pairing_attempts_per_minute, settings.pairing_attempts_global_per_minute
     )
     return PairingState(key, throttle)
-
-
-# ------------------------------------------------------------------------------ schemas
-
-
-class PairingView(msgspec.Struct):
-    id: str
-    state: str  # waiting, connected or expired
-    pool: str
-    expires_at: str
-    worker: dict[str, str] | None = None
-
-
-class NewPairing(msgspec.Struct):
-    id: str
-    code: str  # XXXX-XXXX: shown once, never stored in clear
-    pool: str
-    expires_at: str
-    state: str
-
-
-class PairingRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Which pool the paired worker serves: a new private pool (the default), ``shared``,
-    or the pool of an earlier pairing (two machines for one remote worker mode)."""
-
-    pool: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-
-
-class PairRequest(msgspec.Struct, forbid_unknown_fields=True):
-    code: Annotated[str, msgspec.Meta(max_length=64)]
-    name: Annotated[str, msgspec.Meta(max_length=128)] = ""
-    host: Annotated[str, msgspec.Meta(max_length=255)] = ""
-
-
-class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(max_length=128)] = ""
-    host: Annotated[str, msgspec.Meta(max_length=255)] = ""
-
-
-#: How a paired worker takes tasks: over a WebSocket to the web (``gateway``, the
-#: default: it needs only the app's address), or straight from the broker (``broker``,
-#: only when the operator sets ``WORKER_BROKER_URL`` for machines they trust).
-GATEWAY, BROKER = "gateway", "broker"
-
-
-class ConnectionView(msgspec.Struct):
-    worker_id: str
-    name: str
-    pool: str
-    #: Empty for gateway workers: no broker credential leaves the server.
-    broker_url: str
-    queue_prefix: str
-    storage_url: str | None
-    heartbeat_seconds: float
-    #: Task inputs and outputs: ask ``POST /api/workers/tasks/{id}/urls`` for URLs
-    #: (presigned on S3, else served by the web), rather than use ``storage_url``.
-    task_urls: bool
-    transport: str = GATEWAY
-
-
-class PairedView(ConnectionView, kw_only=True):
-    token: str
-
-
-class PairedWorkerView(msgspec.Struct):
-    id: str
-    name: str
-    pool: str
-    paired_at: str | None
-    revoked_at: str | None
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def _state(p: Pairing, at: float) -> str:
-    if p.used_at is not None:
-        return "connected"
-    return "expired" if p.expires_at <= at else "waiting"
 
 
 def _connection(c: Components, worker_id: str, name: str, pool: str) -> ConnectionView:
@@ -174,46 +103,6 @@ def _client(request: Request[object, object, State]) -> str:
 
 
 # ---------------------------------------------------------------------------- handlers
-
-
-class PairingsController(Controller):
-    path = "/api/pairings"
-
-    @post("/", sync_to_thread=True)
-    def create_pairing(
-        self, state: State, data: Annotated[PairingRequest | None, Body()] = None
-    ) -> NewPairing:
-        """A one-time code for a worker, valid 10 minutes. The worker serves a new pool of
-        its own unless the body names ``shared`` or an earlier pairing's pool."""
-        key_of(state)
-        c: Components = state.components
-        code, at = pairing.new_code(), now()
-        wanted = data.pool if data is not None else None
-        with c.sessions() as session, session.begin():
-            row = Pairing(
-                id=uuid.uuid4().hex, code_hash=pairing.code_hash(code),
-                pool=_pairing_pool(session, wanted), created_at=at,
-                expires_at=at + pairing.CODE_TTL_SECONDS,
-            )  # fmt: skip
-            session.add(row)
-        log.info(
-            "pairing %s created for pool %s", row.id, row.pool, extra={"action": "pairing_new"}
-        )
-        return NewPairing(
-            id=row.id, code=pairing.display_code(code), pool=row.pool,
-            expires_at=_iso(row.expires_at) or "", state="waiting",
-        )  # fmt: skip
-
-    @get("/{pairing_id:str}", sync_to_thread=True)
-    def get_pairing(self, state: State, pairing_id: FromPath[str]) -> PairingView:
-        c: Components = state.components
-        with c.sessions() as session:
-            row = session.get(Pairing, pairing_id)
-            token = session.get(WorkerToken, row.worker_id) if row and row.worker_id else None
-        if row is None:
-            raise NotFoundException(detail=f"no pairing with id {pairing_id!r}")
-        worker = {"id": token.worker_id, "name": token.name} if token else None
-        return PairingView(row.id, _state(row, now()), row.pool, _iso(row.expires_at) or "", worker)
 
 
 class PairedWorkersController(Controller):
@@ -268,7 +157,7 @@ class PairedWorkersController(Controller):
             session.add(
                 WorkerToken(
                     worker_id=worker_id, token_hash=pairing.token_hash(key, token), name=name,
-                    pool=row.pool, created_at=at,
+                    pool=row.pool, created_at=at, owner_id=row.owner_id,
                 )
             )  # fmt: skip
         log.info(
@@ -297,41 +186,6 @@ class PairedWorkersController(Controller):
         return _connection(c, row.worker_id, row.name, row.pool)
 
 
-def revoke_worker(c: Components, worker_id: str) -> PairedWorkerView:
-    """Revoke a worker, by its pairing's id or a registry id: its token stops working, and
-    a broadcast tells the running processes to stop taking work (the dispatcher repeats it
-    at their next heartbeat, for one that was disconnected)."""
-    at = now()
-    with c.sessions() as session, session.begin():
-        token = session.get(WorkerToken, worker_id)
-        worker = session.get(Worker, worker_id)
-        if token is None and worker is None:
-            raise NotFoundException(detail=f"no worker with id {worker_id!r}")
-        paired_id = token.worker_id if token is not None else (worker and worker.paired_id) or ""
-        processes = session.scalars(
-            select(Worker).where(
-                or_(Worker.id == worker_id, Worker.paired_id == (paired_id or worker_id))
-            )
-        ).all()
-        for row in (token, *processes):
-            if row is not None and row.revoked_at is None:
-                row.revoked_at = at
-        if token is not None:
-            view = PairedWorkerView(
-                token.worker_id, token.name, token.pool, _iso(token.created_at),
-                _iso(token.revoked_at),
-            )  # fmt: skip
-        else:
-            assert worker is not None
-            view = PairedWorkerView(
-                worker.id, worker.name, worker.pool, None, _iso(worker.revoked_at)
-            )
-        stop = messages.WorkerRevoked(worker_id=worker_id, paired_id=paired_id)
-        outbox.add(session, outbox.CONTROL, messages.envelope("", stop))
-    log.info("worker %s revoked", worker_id, extra={"action": "worker_revoked"})
-    return view
-
-
 def _declare_pool(c: Components, pool: str) -> None:
     """Make sure the pool's task queue exists before its worker consumes it: a paired
     worker declares nothing (its broker user may not). Best effort: if the broker is down
@@ -345,20 +199,6 @@ def _declare_pool(c: Components, pool: str) -> None:
             "could not declare the queue of pool %s: %s", pool, exc,
             extra={"action": "pool_declare"},
         )  # fmt: skip
-
-
-def _pairing_pool(session: Session, wanted: str | None) -> str:
-    if wanted is None:
-        return pairing.new_pool()
-    if wanted == pools.SHARED:
-        return wanted
-    if session.scalar(select(exists().where(Pairing.pool == wanted))):
-        return wanted
-    raise HTTPException(
-        status_code=422,
-        detail=f"no pairing has pool {wanted!r}: name 'shared', a pool shown by an earlier "
-        "pairing, or none (a new pool)",
-    )
 
 
 def _refusal(row: Pairing | None, at: float) -> tuple[int, str] | None:

@@ -21,6 +21,7 @@ from libs.common.models import TR_VECTORIZED, Track
 from libs.common.runtime import Components
 from libs.common.similarity import DTYPE, NoVector, VectorIndex
 from services.web import schemas
+from services.web.auth import require_user
 
 Limit = Annotated[int, Parameter(ge=1, le=1000)]
 Offset = Annotated[int, Parameter(ge=0)]
@@ -43,7 +44,10 @@ def _track(c: Components, track_id: int) -> Track:
 
 
 class TracksController(Controller):
+    """The track library (public songs' vectors) is shared by every logged-in user."""
+
     path = "/api/tracks"
+    guards = [require_user]
 
     @get("/", sync_to_thread=True)
     def list_tracks(
