@@ -5,6 +5,11 @@ The app runs on SQLite in ``tmp_path``, a local storage folder and kombu's in-pr
 worker in this process, so a submitted job really goes through fan-out, the worker and
 fan-in. The memory transport's queues are process-global, so every app gets its own
 ``QUEUE_PREFIX``.
+
+With ``ACCOUNTS="required"`` the app starts with an admin account (``ADMIN_EMAIL``) and
+its client sends that admin's API token (``Authorization: Bearer``) on every request;
+``Conveyor.client_for`` makes clients of other users (``login=False``: no admin, no
+header, for tests of logging in).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import httpx
 import pytest
 from litestar.testing import TestClient
 
+from libs.common import accounts, users
 from libs.common import settings as settings_module
 from libs.common.runtime import Components, build
 from services.web.app import create_app
@@ -29,6 +35,9 @@ from services.web.app import create_app
 POLL_SECONDS = 30.0
 POLL_STEP = 0.05
 CSV_URL = "/api/jobs/csv"
+SESSION_SECRET = "test-session-secret-" * 2
+ADMIN_EMAIL = "admin@example.com"
+PASSWORD = "correct horse battery staple"
 
 
 # --------------------------------------------------------------------------- harness
@@ -53,6 +62,27 @@ class Conveyor:
     client: TestClient[Any]
     components: Components
     storage_dir: Path
+
+    # -- accounts (ACCOUNTS=required) ----------------------------------------------------
+    def user(self, email: str, role: str = accounts.MEMBER) -> tuple[str, str]:
+        """A new account and an API token of its: (user id, token)."""
+        with self.components.sessions() as session, session.begin():
+            user = users.create_user(session, email, "", PASSWORD, role)
+            _, token = users.create_api_token(session, user, "tests")
+            return user.id, token
+
+    def client_for(self, token: str | None) -> TestClient[Any]:
+        """A client of this app (its lifespan already running) that sends ``token`` as
+        ``Authorization: Bearer`` on every request (None: no header, anonymous)."""
+        other: TestClient[Any] = TestClient(self.client.app)
+        other.blocking_portal = self.client.blocking_portal
+        if token is not None:
+            other.headers["Authorization"] = f"Bearer {token}"
+        return other
+
+    def member(self, email: str) -> TestClient[Any]:
+        """A client logged in (by API token) as a new member."""
+        return self.client_for(self.user(email)[1])
 
     # -- requests ------------------------------------------------------------------------
     def submit(
@@ -112,12 +142,14 @@ def make_start_app(tmp_path: Path) -> Iterator[StartApp]:
     """Start the app (lifespan included) once per test: ``start_app(embedded=..., **env)``.
 
     ``embedded=None`` leaves the choice to the app (the default: embedded without
-    BROKER_URL). Extra keyword arguments are environment variables.
+    BROKER_URL). Extra keyword arguments are environment variables. With
+    ``ACCOUNTS="required"`` (SESSION_SECRET has a default), the client is an admin's unless
+    ``login=False``.
     """
     with ExitStack() as stack:
         started: list[Conveyor] = []
 
-        def start(*, embedded: bool | None = None, **env: str) -> Conveyor:
+        def start(*, embedded: bool | None = None, login: bool = True, **env: str) -> Conveyor:
             assert not started, "one app per test (they would share the database)"
             storage_dir = tmp_path / "storage"
             environ = {
@@ -129,6 +161,8 @@ def make_start_app(tmp_path: Path) -> Iterator[StartApp]:
                 "LOG_LEVEL": "WARNING",
                 **env,
             }
+            if environ.get("ACCOUNTS") == settings_module.ACCOUNTS_REQUIRED:
+                environ.setdefault("SESSION_SECRET", SESSION_SECRET)
             components = build(settings_module.load(environ))
             stack.callback(components.engine.dispose)
             if embedded is None:
@@ -137,6 +171,9 @@ def make_start_app(tmp_path: Path) -> Iterator[StartApp]:
                 app = create_app(components, embedded=embedded)
             client = stack.enter_context(TestClient(app))
             conveyor = Conveyor(client, components, storage_dir)
+            if components.settings.accounts_required and login:
+                _, token = conveyor.user(ADMIN_EMAIL, accounts.ADMIN)
+                client.headers["Authorization"] = f"Bearer {token}"
             started.append(conveyor)
             return conveyor
 

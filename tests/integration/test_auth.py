@@ -24,7 +24,7 @@ ADMIN, MEMBER = "admin@example.com", "member@example.com"
 
 def start(start_app: StartApp, **env: str) -> Conveyor:
     env = {"ACCOUNTS": "required", "SESSION_SECRET": SECRET, **env}
-    return start_app(embedded=False, **env)
+    return start_app(embedded=False, login=False, **env)
 
 
 def make_user(app: Conveyor, email: str, role: str = "member") -> str:
