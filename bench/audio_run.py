@@ -29,6 +29,8 @@ from bench.services import (
     READY_TIMEOUT,
     BenchError,
     Service,
+    accounts_env,
+    admin_headers,
     check,
     deadline_loop,
     say,
@@ -116,12 +118,16 @@ def run(setup: Setup, backend: RabbitBackend, folder: Path, vectors: dict[str, b
         LOG_LEVEL="WARNING", QUEUE_PREFIX=prefix, SHUTDOWN_GRACE_SECONDS=str(SHUTDOWN_GRACE),
         TRACKS_PER_TASK=str(setup.per_task), AUDIO_ROOTS=folder.as_uri() + "/",
         WORK_DIR=str(work / f"scratch-{prefix}"), **backend.base_env(prefix, work),
+        **accounts_env(),
     )  # fmt: skip
     logs = work / f"logs-{prefix}"
     logs.mkdir()
     services: list[Service] = []
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
+        headers = admin_headers(env, code)
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30.0
+        ) as client:
             for role in ("web", "dispatcher"):
                 services.append(Service.start(role, f"services.{role}", env, logs, code))
             wait_ready(client, services)

@@ -62,6 +62,8 @@ from bench.services import (
     READY_TIMEOUT,
     BenchError,
     Service,
+    accounts_env,
+    admin_headers,
     check,
     deadline_loop,
     say,
@@ -163,7 +165,7 @@ def run_mode(shared: Shared, mode: str, repeat: int, run_no: int) -> ModeRun:
         PORT=str(port), CHUNK_ROWS=str(args.chunk_rows), LOG_LEVEL="WARNING",
         QUEUE_PREFIX=prefix, SHUTDOWN_GRACE_SECONDS=str(SHUTDOWN_GRACE),
         WORKER_TOKEN_KEY=secrets.token_hex(24),
-        **backend.base_env(prefix, shared.work),
+        **backend.base_env(prefix, shared.work), **accounts_env(),
     )  # fmt: skip
     if mode == "direct":
         env["WORKER_BROKER_URL"] = shared.rabbit.url
@@ -171,7 +173,10 @@ def run_mode(shared: Shared, mode: str, repeat: int, run_no: int) -> ModeRun:
     services: list[Service] = []
     server = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=server, timeout=httpx.Timeout(30.0, connect=5.0)) as client:
+        headers = admin_headers(env, args.code)  # the pairing code is asked for as the admin
+        with httpx.Client(
+            base_url=server, headers=headers, timeout=httpx.Timeout(30.0, connect=5.0)
+        ) as client:
             services.append(Service.start("web", "services.web", env, logs, args.code))
             services.append(
                 Service.start("dispatcher", "services.dispatcher", env, logs, args.code)

@@ -23,6 +23,8 @@ from bench.services import (
     READY_TIMEOUT,
     BenchError,
     Service,
+    accounts_env,
+    admin_headers,
     check,
     deadline_loop,
     say,
@@ -146,10 +148,12 @@ def run_pipeline(
         QUEUE_PREFIX=prefix,  # a fresh topology per run on the shared broker
         SHUTDOWN_GRACE_SECONDS=str(SHUTDOWN_GRACE),
         **backend.base_env(prefix, work),
+        **accounts_env(),
     )
     procs = _Processes(backend, env, logs, args.code)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}",
+        headers = admin_headers(env, args.code)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers,
                           timeout=httpx.Timeout(30.0, connect=5.0)) as client:  # fmt: skip
             procs.bring_up(client, prefix, workers)
             say(f"run {run_no}: web, dispatcher and {workers} worker(s) up; uploading")

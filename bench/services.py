@@ -2,12 +2,18 @@
 
 Every wait has a deadline (``deadline_loop``); every process started here is stopped by
 ``stop_all`` (SIGTERM, SIGKILL after a timeout).
+
+The services run with accounts, as a deployment does (``accounts_env``): before the web
+starts, ``admin_headers`` makes an admin and an API token with the web's CLI in the run's
+database, and the benchmark's HTTP client sends that token with every call. Workers need
+none: the paired worker's code comes from ``POST /api/pairings`` made by that client.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -72,6 +78,34 @@ def service_env(**values: str) -> dict[str, str]:
     env.update(values)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+#: The admin each run makes in its fresh database, to call the API as.
+ADMIN_EMAIL = "bench@bench.example.com"
+
+
+def accounts_env() -> dict[str, str]:
+    """ACCOUNTS=required and a fresh SESSION_SECRET: the services as deployed."""
+    return {"ACCOUNTS": "required", "SESSION_SECRET": secrets.token_urlsafe(32)}
+
+
+def admin_headers(env: dict[str, str], code: Path) -> dict[str, str]:
+    """``Authorization: Bearer <token>`` of an admin made in ``env``'s DATABASE_URL by
+    ``python -m services.web users create --admin`` (the password on stdin; the CLI
+    migrates the database first) and ``users token``, both run from ``code``."""
+
+    def users(*args: str, stdin: str = "") -> str:
+        run = subprocess.run(
+            [PYTHON, "-m", "services.web", "users", *args], cwd=code, env=env, input=stdin,
+            capture_output=True, text=True, timeout=READY_TIMEOUT, check=False,
+        )  # fmt: skip
+        if run.returncode != 0:
+            raise BenchError(f"`users {args[0]}` exited {run.returncode}: {run.stderr[-2000:]}")
+        return run.stdout
+
+    users("create", "--admin", ADMIN_EMAIL, stdin=secrets.token_urlsafe(24) + "\n")
+    token = users("token", ADMIN_EMAIL, "--name", "benchmark").strip()
+    return {"Authorization": f"Bearer {token}"}
 
 
 # ------------------------------------------------------------------------------ servers' CPU
