@@ -57,7 +57,7 @@ def gateway_worker(svc: Services, paired_id: str) -> dict[str, Any] | None:
 
 
 def test_a_lent_worker_on_the_embedded_default(tmp_path: Path) -> None:
-    svc = Services.configure(
+    svc = Services.configure_login_free(  # the newcomer's flow on loopback: no login
         tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/conveyor.db", HEARTBEAT_SECONDS="1",
         CHUNK_ROWS="2000", TRACKS_PER_TASK="2",
     )  # fmt: skip

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -53,7 +52,8 @@ def launch(svc: Services, name: str, env: dict[str, str], *args: str) -> subproc
 def start_web(svc: Services, name: str, port: str) -> str:
     proc = launch(svc, name, {**svc.env, "PORT": port}, "services.web")
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: web_ready(proc, base, svc.logs), 60, f"{name} ready\n{svc.logs()}")
+    ready = lambda: web_ready(proc, base, svc.logs, svc.headers)  # noqa: E731
+    wait_for(ready, 60, f"{name} ready\n{svc.logs()}")
     return base
 
 
@@ -69,7 +69,8 @@ def test_revoking_through_another_instance_and_a_web_restart(
     base_a = start_web(svc, "webA", port_a)
     base_b = start_web(svc, "webB", str(free_port()))
     svc.start("dispatcher", "services.dispatcher")
-    pairing = httpx.post(f"{base_b}/api/pairings", json={}, timeout=10).json()
+    api = svc.client  # as the admin; absolute URLs: either instance
+    pairing = api.post(f"{base_b}/api/pairings", json={}, timeout=10).json()
     worker_env = {k: v for k, v in svc.env.items() if not k.startswith(("BROKER", "DATABASE"))}
     worker_env.update(CONVEYOR_CONFIG_DIR=str(tmp_path / "cfg"), WORK_DIR=str(tmp_path / "w"))
     worker = launch(
@@ -81,7 +82,7 @@ def test_revoking_through_another_instance_and_a_web_restart(
     # A job through B, run by the worker on A; A restarts mid-job.
     make_csv(tmp_path / "in.csv", 20_000, bad_every=1000)
     with (tmp_path / "in.csv").open("rb") as f:
-        answer = httpx.post(
+        answer = api.post(
             f"{base_b}/api/jobs/csv", files={"file": ("in.csv", f)},
             data={"pool": pairing["pool"], "mapping": SPEC}, timeout=60,
         )  # fmt: skip
@@ -90,7 +91,7 @@ def test_revoking_through_another_instance_and_a_web_restart(
 
     def tasks_done() -> int:
         return int(
-            httpx.get(f"{base_b}/api/jobs/{job_id}", timeout=10).json()["progress"]["tasks"]["done"]
+            api.get(f"{base_b}/api/jobs/{job_id}", timeout=10).json()["progress"]["tasks"]["done"]
         )
 
     wait_for(lambda: tasks_done() >= 5, 60, f"tasks under way\n{svc.logs()}")
@@ -104,13 +105,13 @@ def test_revoking_through_another_instance_and_a_web_restart(
     start_web(svc, "webA", port_a)
     wait_for(lambda: socket_open(svc, "webA") >= 2, 60, f"the worker back on A\n{svc.logs()}")
     final = wait_for(
-        lambda: (j := httpx.get(f"{base_b}/api/jobs/{job_id}", timeout=10).json())["state"]
+        lambda: (j := api.get(f"{base_b}/api/jobs/{job_id}", timeout=10).json())["state"]
         in ("completed", "failed") and j,
         120, f"the job\n{svc.logs()}",
     )  # fmt: skip
     assert final["state"] == "completed", final
     assert final["progress"]["tasks"] == {"total": 100, "done": 100, "failed": 0}
-    output = httpx.get(f"{base_b}/api/jobs/{job_id}/output", timeout=60).text
+    output = api.get(f"{base_b}/api/jobs/{job_id}/output", timeout=60).text
     rows = list(csv.reader(io.StringIO(output, newline="")))
     assert rows == expected_output(20_000, bad_every=1000)
     engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
@@ -124,7 +125,7 @@ def test_revoking_through_another_instance_and_a_web_restart(
     # Revoked through B: A hears the broadcast and closes the socket at once.
     paired_id = json.loads((tmp_path / "cfg" / "worker.json").read_text())["worker_id"]
     started = time.monotonic()
-    assert httpx.delete(f"{base_b}/api/workers/{paired_id}", timeout=10).status_code == 200
+    assert api.delete(f"{base_b}/api/workers/{paired_id}", timeout=10).status_code == 200
     assert worker.wait(timeout=15) == EXIT_REVOKED, svc.logs()
     took = time.monotonic() - started
     print(f"revoked through another instance: the worker exited {took:.2f} s later")

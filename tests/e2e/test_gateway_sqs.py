@@ -66,7 +66,9 @@ class Cloud:
     secret: str
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.svc.base}{path}", timeout=30, **kwargs)
+        """A call as the harness's admin (their API token; a worker token passed in
+        ``headers`` replaces it)."""
+        return self.svc.client.request(method, path, timeout=30, **kwargs)
 
 
 @pytest.fixture
@@ -227,7 +229,10 @@ def test_a_killed_gateway_workers_tasks_run_elsewhere_at_once(
     # as the worker saves it, and the worker resumes with it (a refresh).
     first = new_code(cloud)
     pool = first["pool"]
-    paired = cloud.api("POST", "/api/workers/pair", json={"code": first["code"], "name": "gx"})
+    # As a worker pairs: with the code alone, no user token.
+    paired = httpx.post(
+        f"{svc.base}/api/workers/pair", json={"code": first["code"], "name": "gx"}, timeout=30
+    )
     assert_no_credentials(cloud, paired)
     saved = config.SavedWorker(
         check_server(svc.base), paired.json()["worker_id"], paired.json()["token"], "gx"

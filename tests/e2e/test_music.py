@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -80,18 +79,19 @@ def music(
 
 
 def submit(svc: Services, body: dict[str, Any]) -> str:
-    response = httpx.post(f"{svc.base}/api/jobs/lastfm", json=body, timeout=30)
+    response = svc.client.post("/api/jobs/lastfm", json=body, timeout=30)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 
 
 def tracks(svc: Services) -> dict[str, dict[str, Any]]:
-    page = httpx.get(f"{svc.base}/api/tracks", params={"limit": 100}, timeout=30).json()
+    page = svc.client.get("/api/tracks", params={"limit": 100}, timeout=30).json()
     return {t["title"]: t for t in page["items"]}
 
 
 def vectors(svc: Services) -> dict[int, np.ndarray]:
-    data = httpx.get(f"{svc.base}/api/tracks/export", params={"format": "npy"}, timeout=30)
+    data = svc.client.get("/api/tracks/export", params={"format": "npy"}, timeout=30)
+    assert data.status_code == 200, data.text
     array = np.load(io.BytesIO(data.content))
     return {int(r["id"]): r["vector"] for r in array}
 
@@ -117,7 +117,7 @@ def test_a_lastfm_job_vectorizes_every_track_or_says_why(
         assert (track["state"] == "vectorized") != bool(track["error"]), track
     assert "not found" in found["Missing Song"]["error"]
     assert found["Garbage"]["state"] == "unavailable" and found["Garbage"]["error"]
-    errors = httpx.get(f"{svc.base}/api/jobs/{job_id}/errors", timeout=30).json()
+    errors = svc.client.get(f"/api/jobs/{job_id}/errors", timeout=30).json()
     assert sorted(e["row"] for e in errors["items"]) == [8, 9]
     assert all(e["column"] == "track" for e in errors["items"])
     assert found["Concert A"]["summary"]["key"] == "A"
@@ -133,7 +133,7 @@ def test_a_lastfm_job_vectorizes_every_track_or_says_why(
             assert score < FAR, f"{a} and {b} are too similar: {score:.3f}"
 
     # /similar ranks the re-encoded copy first.
-    similar = httpx.get(f"{svc.base}/api/tracks/{ids['Concert A']}/similar", params={"k": 3})
+    similar = svc.client.get(f"/api/tracks/{ids['Concert A']}/similar", params={"k": 3})
     items = similar.json()["items"]
     assert items[0]["title"] == "Concert A Again", items
     assert items[0]["score"] > 0.99 and items[1]["score"] < FAR

@@ -31,10 +31,16 @@ and output through web-served task URLs (storage is a folder of the server).
    request to the end of the TCP connection; the worker's log line and its exit 3 are
    timed too), its token is refused by ``/api/workers/refresh`` and by the gateway, no job
    can be submitted to its pool any more, and restarting it with ``--server`` fails.
-4. No pairing code (with or without its dash) and no token (nor its part after ``cvw_``)
-   appears in any output of the web service (its access log at INFO included, whose
+4. No pairing code (with or without its dash), no worker token (nor its part after
+   ``cvw_``), and neither the admin's password nor their API token (nor its part after
+   ``cvu_``) appears in any output of the web service (its access log at INFO included, whose
    ``WebSocket /api/workers/connect`` upgrade lines are there), the dispatcher or the
    workers, nor in RabbitMQ's or PostgreSQL's logs.
+
+The web listens on a non-loopback address, so it runs with accounts
+(``ACCOUNTS=required``): the test makes an admin and an API token with the web's CLI before
+the web starts, and every HTTP call it makes carries that token. The workers need none:
+they pair with codes the admin asked for.
 
 Namespaces need root, iproute2 and nftables: without them this test fails, saying so; it
 never skips. Everything it starts is stopped and the namespaces are deleted, even on
@@ -67,7 +73,17 @@ from websockets.sync.client import connect
 
 from libs.common import frames, pairing, topology
 from tests.conftest import in_ci
-from tests.e2e.harness import ROOT, SPEC, expected_output, make_csv, wait_for, web_ready
+from tests.e2e.harness import (
+    ROOT,
+    SPEC,
+    Admin,
+    accounts_env,
+    expected_output,
+    make_admin,
+    make_csv,
+    wait_for,
+    web_ready,
+)
 from tests.netns import NetnsUnavailable, Topology, check_firewall, tcp_peers
 from tests.servers import PostgresServer, RabbitMQServer, ServerNotInstalled, free_port
 
@@ -113,6 +129,7 @@ class Cluster:
     rabbit: RabbitMQServer
     pg: PostgresServer
     env: dict[str, str] = field(default_factory=dict)
+    admin: Admin | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_paths: dict[str, Path] = field(default_factory=dict)
     _files: list[IO[bytes]] = field(default_factory=list)
@@ -139,6 +156,7 @@ class Cluster:
             for k, v in os.environ.items()
             if not k.startswith(("BROKER_", "DATABASE_", "STORAGE_", "WORKER_", "CONVEYOR_"))
         }
+        env.update(accounts_env())  # bound to 0.0.0.0: a deployment, with logins
         # No WORKER_BROKER_URL: paired workers go through the gateway. No
         # WORKER_STORAGE_URL: their CSV input and output go through task URLs of the web.
         env.update(
@@ -152,6 +170,13 @@ class Cluster:
             PYTHONUNBUFFERED="1",
         )  # fmt: skip
         self.env = env
+        # This thread is in the server namespace: the CLI reaches PostgreSQL there.
+        self.admin = make_admin(env)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        assert self.admin is not None, "configure() first"
+        return self.admin.headers
 
     def worker_env(self, worker: str) -> dict[str, str]:
         """No broker, database or storage settings: a paired worker gets what it needs from
@@ -194,10 +219,12 @@ class Cluster:
         )
 
     def _ready(self) -> bool:
-        return web_ready(self.procs["web"], self.base, self.logs)
+        return web_ready(self.procs["web"], self.base, self.logs, self.headers)
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.base}{path}", timeout=30, **kwargs)
+        """A call as the admin (their API token; a worker token in ``headers`` replaces it)."""
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{self.base}{path}", headers=headers, timeout=30, **kwargs)
 
     def workers(self) -> dict[str, dict[str, Any]]:
         response = self.api("GET", "/api/workers", params={"limit": 100})
@@ -555,7 +582,10 @@ def test_paired_workers_on_other_hosts(cluster: Cluster, tmp_path: Path) -> None
         secrets += [token, token.removeprefix(pairing.TOKEN_PREFIX)]
     for p in (p1, p2):
         secrets += [p["code"], p["code"].replace("-", "")]
+    assert c.admin is not None
+    secrets += c.admin.secret_strings  # the admin's password and API token
+    assert any(s.startswith("cvu_") for s in secrets)
     for line in lines:
         assert not any(s.lower() in line.lower() for s in secrets), line
     leaked = [s for s in secrets if s.lower() in output.lower()]
-    assert not leaked, f"{len(leaked)} pairing codes or tokens in the logs"
+    assert not leaked, f"{len(leaked)} pairing codes, passwords or tokens in the logs"

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from kombu import Connection
 
@@ -110,10 +109,10 @@ def test_poison_task_is_dead_lettered_shown_and_retried(
     assert job["progress"]["tasks"]["failed"] == 1
     errors = services.errors(job_id)["items"]
     assert errors[0]["row"] == 1 and "were not processed" in errors[0]["reason"]
-    assert httpx.get(f"{services.base}/api/jobs/{job_id}/output").status_code == 409
+    assert services.client.get(f"/api/jobs/{job_id}/output").status_code == 409
 
     services.start("worker1", "services.worker", "--name", "w1")
-    retried = httpx.post(f"{services.base}/api/jobs/{job_id}/retry")
+    retried = services.client.post(f"/api/jobs/{job_id}/retry")
     assert retried.status_code == 202 and retried.json()["requeued_tasks"] == 1
     job = services.wait_state(job_id, {"completed"}, timeout=60)
     assert job["error"] is None and job["progress"]["tasks"]["failed"] == 0
@@ -128,7 +127,7 @@ def test_a_job_submitted_while_the_broker_is_down_completes_after(
     make_csv(tmp_path / "in.csv", 5_000)
     rabbitmq.stop()
     try:
-        ready = httpx.get(f"{services.base}/readyz", timeout=10)
+        ready = services.client.get("/readyz", timeout=10)
         assert ready.status_code == 503 and ready.json()["broker"].startswith("unreachable")
         job_id = services.submit(tmp_path / "in.csv")  # the outbox keeps it
         assert services.job(job_id)["state"] == "queued"
@@ -145,7 +144,7 @@ def test_cancel_stops_the_remaining_work(services: Services, tmp_path: Path, rab
     make_csv(tmp_path / "in.csv", 200_000)
     job_id = services.submit(tmp_path / "in.csv")
     wait_for(lambda: services.job(job_id)["progress"]["tasks"]["done"] >= 10, 60, "10 tasks")
-    cancelled = httpx.post(f"{services.base}/api/jobs/{job_id}/cancel")
+    cancelled = services.client.post(f"/api/jobs/{job_id}/cancel")
     assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
     broker = Broker(rabbitmq.url, services.env["QUEUE_PREFIX"], delivery_limit=5)
     queue_name = topology.task_queue(broker.prefix, "shared", 5).name
@@ -157,12 +156,13 @@ def test_cancel_stops_the_remaining_work(services: Services, tmp_path: Path, rab
     assert services.job(job_id)["progress"]["tasks"]["total"] <= full_run
     job = services.job(job_id)
     assert job["state"] == "cancelled"
-    assert httpx.post(f"{services.base}/api/jobs/{job_id}/cancel").status_code == 409
-    assert httpx.get(f"{services.base}/api/jobs/{job_id}/output").status_code == 409
+    assert services.client.post(f"/api/jobs/{job_id}/cancel").status_code == 409
+    assert services.client.get(f"/api/jobs/{job_id}/output").status_code == 409
 
 
 def test_embedded_default_completes_a_job(tmp_path: Path) -> None:
-    svc = Services.configure(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/conveyor.db")
+    """The newcomer's flow: the embedded default on loopback, no login (accounts off)."""
+    svc = Services.configure_login_free(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/conveyor.db")
     try:
         svc.start_web()
         assert "embedded all-in-one" in (tmp_path / "web.log").read_text()

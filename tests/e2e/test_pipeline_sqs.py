@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 
 from tests.e2e.harness import Services, expected_output, make_csv, wait_for
@@ -74,7 +73,7 @@ def test_csv_job_with_a_worker_killed_mid_job(services: Services, tmp_path: Path
 
 def test_a_task_longer_than_the_visibility_timeout_runs_once(services: Services) -> None:
     services.start_pipeline()
-    created = httpx.post(f"{services.base}/api/jobs/canary", json={"tasks": 1, "seconds": 20})
+    created = services.client.post("/api/jobs/canary", json={"tasks": 1, "seconds": 20})
     assert created.status_code == 202, created.text
     job = services.wait_state(created.json()["id"], {"completed", "failed"}, timeout=120)
     assert job["state"] == "completed", job
@@ -87,7 +86,7 @@ def test_a_long_task_whose_worker_dies_is_run_by_another_after_the_timeout(
     services: Services,
 ) -> None:
     services.start_pipeline(workers=1)
-    created = httpx.post(f"{services.base}/api/jobs/canary", json={"tasks": 1, "seconds": 8})
+    created = services.client.post("/api/jobs/canary", json={"tasks": 1, "seconds": 8})
     job_id = created.json()["id"]
     wait_for(lambda: "canary_start" in (services.tmp / "worker1.log").read_text(), 60, "task start")
     services.start("worker2", "services.worker", "--name", "w2")  # waits, the task is hidden

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.e2e.harness import Services, wait_for
@@ -37,14 +36,14 @@ def services(tmp_path: Path, rabbitmq, pg_url: str) -> Iterator[Services]:  # ty
 
 
 def workers(services: Services, **params: str) -> dict[str, dict[str, Any]]:
-    response = httpx.get(f"{services.base}/api/workers", params=params, timeout=10)
+    response = services.client.get("/api/workers", params=params, timeout=10)
     assert response.status_code == 200, response.text
     return {w["name"]: w for w in response.json()["items"]}
 
 
 def canary(services: Services, seconds: float) -> str:
     body = {"tasks": 1, "seconds": seconds}
-    response = httpx.post(f"{services.base}/api/jobs/canary", json=body, timeout=10)
+    response = services.client.post("/api/jobs/canary", json=body, timeout=10)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 
@@ -102,5 +101,5 @@ def test_online_killed_offline_terminated_stopped(services: Services) -> None:
     assert final[survivor]["in_flight"] == 0 and final[survivor]["current_job"] is None
     assert final[victim]["status"] == "offline"
     assert services.job(job_id)["state"] == "completed"
-    one = httpx.get(f"{services.base}/api/workers/{final[survivor]['id']}", timeout=10)
+    one = services.client.get(f"/api/workers/{final[survivor]['id']}", timeout=10)
     assert one.status_code == 200 and one.json()["processed"] >= 1
