@@ -7,6 +7,7 @@ with one line that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -152,6 +153,32 @@ def _accounts(raw: str) -> str:
     if mode not in {ACCOUNTS_REQUIRED, ACCOUNTS_OFF}:
         raise ValueError(f"expected {ACCOUNTS_REQUIRED} or {ACCOUNTS_OFF}")
     return mode
+
+
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost``: an address only this machine reaches."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_web(loaded: Settings) -> None:
+    """What the web service needs beyond the shared settings: with accounts, a
+    SESSION_SECRET; without them, a loopback HOST. SettingsError otherwise."""
+    if loaded.accounts_required and loaded.session_secret is None:
+        raise SettingsError(
+            "SESSION_SECRET: required when accounts are on (ACCOUNTS=required, or any "
+            "deployment: BROKER_URL set or HOST not loopback); 32+ random characters: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if not loaded.accounts_required and not is_loopback(loaded.host):
+        raise SettingsError(
+            f"ACCOUNTS: off only on a loopback HOST, not {loaded.host!r}: anyone who "
+            "reaches the app would be its admin"
+        )
 
 
 def _proxies(raw: str) -> tuple[str, ...]:
@@ -332,11 +359,12 @@ class Settings:
         "PAIRING_ATTEMPTS_GLOBAL_PER_MINUTE", _positive_int, 100,
         "Web: worker pairing attempts accepted per minute from all clients (then 429).",
     )  # fmt: skip
-    accounts: str = _setting(
-        "ACCOUNTS", _accounts, ACCOUNTS_OFF,
+    accounts: str | None = _setting(
+        "ACCOUNTS", _accounts, None,
         "Web: required (log in: browser sessions with CSRF checks, or API tokens) or off "
-        "(every request is the implicit local admin, no CSRF check). off by default for "
-        "now: the next step makes it required except on the loopback all-in-one.",
+        "(every request is the implicit local admin, no CSRF check; only on a loopback "
+        "HOST). Unset: off for the all-in-one on a loopback HOST (scripts/run), required "
+        "everywhere else.",
     )  # fmt: skip
     session_secret: str | None = _setting(
         "SESSION_SECRET", _session_secret, None,
@@ -402,7 +430,11 @@ class Settings:
 
     @property
     def accounts_required(self) -> bool:
-        return self.accounts == ACCOUNTS_REQUIRED
+        """Log in, unless ACCOUNTS=off, or unset on the all-in-one bound to loopback: a
+        deployment never runs without accounts."""
+        if self.accounts is not None:
+            return self.accounts == ACCOUNTS_REQUIRED
+        return not (self.embedded and is_loopback(self.host))
 
     @property
     def effective_broker_url(self) -> str:
@@ -436,11 +468,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if "broker_url" not in values:
         values["broker_url"] = _assembled_broker_url(values)
     loaded = Settings(**values)
-    if loaded.accounts == ACCOUNTS_REQUIRED and loaded.session_secret is None:
-        raise SettingsError(
-            "SESSION_SECRET: required with ACCOUNTS=required (32+ random characters: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
     if loaded.sqs_wait_seconds * 4 > loaded.sqs_visibility_timeout:
         raise SettingsError(
             f"SQS_WAIT_SECONDS: at most a quarter of SQS_VISIBILITY_TIMEOUT "

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from libs.common import runtime
+from libs.common import settings as settings_mod
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     from services.web.app import create_app  # here: `users ...` needs none of the app
 
     settings = runtime.load_settings()
+    try:
+        settings_mod.check_web(settings)
+    except settings_mod.SettingsError as exc:
+        runtime.fail(f"invalid setting: {exc}")
     if settings.embedded:
         runtime.check_ffmpeg(settings)
     components = runtime.build(settings)

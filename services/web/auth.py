@@ -28,7 +28,6 @@ All of it is Litestar's own machinery, configured:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from libs.common import accounts, pairing, users
 from libs.common.models import User
-from libs.common.settings import Settings
+from libs.common.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +129,6 @@ def auth_state(settings: Settings, sessions: sessionmaker[Session]) -> Auth:
         by_address=pairing.Throttle(per_minute, None),
         by_account=pairing.Throttle(per_minute * ACCOUNT_FACTOR, None),
     )
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def start_session(connection: Connection, user: User) -> None:

@@ -114,7 +114,8 @@ UNSET_ON_RENDER: dict[str, tuple[str, str]] = {
     "WORKER_BROKER_URL": ("conveyor-dispatcher conveyor-worker", "only the web service pairs"),
     "WORKER_STORAGE_URL": ("conveyor-dispatcher conveyor-worker", "only the web service pairs"),
     "LASTFM_API_KEY": ("conveyor-worker", "only web and dispatcher call Last.fm"),
-    "SESSION_SECRET": ("*", "ACCOUNTS stays off until it is enforced (issue 12)"),
+    "SESSION_SECRET": ("conveyor-dispatcher conveyor-worker", "only the web has sessions"),
+    "ACCOUNTS": ("*", "unset: required everywhere but the loopback all-in-one"),
     "TRUSTED_PROXIES": ("*", "no X-Forwarded-For believed until the deploy step names the proxy"),
 }
 

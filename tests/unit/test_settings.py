@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from libs.common import settings
-from libs.common.settings import Settings, SettingsError, load
+from libs.common.settings import Settings, SettingsError, check_web, load
 
 ENV_NAMES = [f.metadata["env"] for f in fields(Settings)]
 
@@ -191,7 +191,7 @@ def test_env_names_are_unique() -> None:
 
 def test_accounts_settings() -> None:
     s = load({})
-    assert (s.accounts, s.accounts_required, s.session_secret) == ("off", False, None)
+    assert (s.accounts, s.accounts_required, s.session_secret) == (None, False, None)
     assert (s.allow_signup, s.trusted_proxies, s.login_attempts_per_minute) == (False, None, 10)
     secret = "x" * 32
     on = load({"ACCOUNTS": "Required", "SESSION_SECRET": secret, "ALLOW_SIGNUP": "yes",
@@ -203,7 +203,6 @@ def test_accounts_settings() -> None:
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"ACCOUNTS": "required"}, "SESSION_SECRET: required with ACCOUNTS=required"),
         ({"ACCOUNTS": "maybe"}, "ACCOUNTS: expected required or off"),
         ({"SESSION_SECRET": "short-but-secret"}, "SESSION_SECRET: must be at least 32"),
         ({"TRUSTED_PROXIES": "*"}, "TRUSTED_PROXIES: '*'"),
@@ -216,3 +215,43 @@ def test_accounts_settings_refused(env: dict[str, str], named: str) -> None:
         load(env)
     assert str(caught.value).startswith(named)
     assert "short-but-secret" not in str(caught.value)  # a secret is never quoted
+
+
+@pytest.mark.parametrize(
+    ("env", "required"),
+    [
+        ({}, False),  # scripts/run: the all-in-one on loopback, no login page
+        ({"HOST": "localhost"}, False),
+        ({"HOST": "0.0.0.0"}, True),  # the all-in-one on a network: accounts
+        ({"BROKER_URL": "amqp://u:p@rabbit/"}, True),  # a deployment: accounts
+        ({"BROKER_URL": "amqp://u:p@rabbit/", "ACCOUNTS": "off"}, False),
+        ({"ACCOUNTS": "required"}, True),
+    ],
+)
+def test_accounts_are_on_everywhere_but_the_loopback_all_in_one(
+    env: dict[str, str], required: bool
+) -> None:
+    assert load(env).accounts_required is required
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"BROKER_URL": "amqp://u:p@rabbit/"}, "SESSION_SECRET: required when accounts are on"),
+        ({"HOST": "0.0.0.0"}, "SESSION_SECRET: required when accounts are on"),
+        ({"ACCOUNTS": "required"}, "SESSION_SECRET: required when accounts are on"),
+        ({"ACCOUNTS": "off", "HOST": "0.0.0.0"}, "ACCOUNTS: off only on a loopback HOST"),
+    ],
+)
+def test_the_web_never_starts_without_accounts_off_loopback(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        check_web(load(env))
+    assert str(caught.value).startswith(named)
+
+
+def test_the_web_starts_with_a_session_secret_or_on_loopback() -> None:
+    check_web(load({}))
+    check_web(load({"BROKER_URL": "amqp://u:p@rabbit/", "SESSION_SECRET": "s" * 32}))
+    check_web(load({"BROKER_URL": "amqp://u:p@rabbit/", "ACCOUNTS": "off"}))  # loopback HOST
