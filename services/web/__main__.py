@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = runtime.load_settings()
     try:
         settings_mod.check_web(settings)
-    except settings_mod.SettingsError as exc:
-        runtime.fail(f"invalid setting: {exc}")
+    except settings_mod.SettingsError as exc:  # exit 2, as for every invalid setting
+        print(f"conveyor: invalid setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if settings.embedded:
         runtime.check_ffmpeg(settings)
     components = runtime.build(settings)

@@ -193,6 +193,10 @@ def test_entry_points_explain_themselves(module: str) -> None:
         ("services.dispatcher", {}, "BROKER_URL: not set"),
         ("services.worker", {}, "BROKER_URL: not set"),
         ("services.worker", {"BROKER_URL": "amqp://x", "WORKER_CONCURRENCY": "-1"}, "WORKER_"),
+        # A deployment never starts without accounts.
+        ("services.web", {"HOST": "0.0.0.0"}, "SESSION_SECRET: required when accounts are on"),
+        ("services.web", {"BROKER_URL": "amqp://x"}, "SESSION_SECRET: required when accounts"),
+        ("services.web", {"HOST": "0.0.0.0", "ACCOUNTS": "off"}, "ACCOUNTS: off only on a"),
         (
             "services.web",
             {"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
