@@ -353,11 +353,14 @@ class Settings:
     )  # fmt: skip
     pairing_attempts_per_minute: int = _setting(
         "PAIRING_ATTEMPTS_PER_MINUTE", _positive_int, 10,
-        "Web: worker pairing attempts accepted per client address per minute (then 429).",
+        "Web: worker pairing attempts accepted per client address per minute, and pairing "
+        "codes a user may make per minute (then 429).",
     )  # fmt: skip
     pairing_attempts_global_per_minute: int = _setting(
         "PAIRING_ATTEMPTS_GLOBAL_PER_MINUTE", _positive_int, 100,
-        "Web: worker pairing attempts accepted per minute from all clients (then 429).",
+        "Web: worker pairing attempts accepted per minute from all clients (then 429), "
+        "without accounts only: with accounts the limits are per address and per user, so "
+        "bogus attempts cannot lock out real codes.",
     )  # fmt: skip
     accounts: str | None = _setting(
         "ACCOUNTS", _accounts, None,

@@ -43,10 +43,12 @@ NOT_CONFIGURED = "pairing is not configured: set WORKER_TOKEN_KEY"
 
 @dataclass
 class PairingState:
-    """Per app: the token key (None: pairing refused) and the attempt throttle."""
+    """Per app: the token key (None: pairing refused), the attempt throttle of code
+    exchanges (per address), and the throttle of new codes (per user)."""
 
     key: bytes | None
     throttle: pairing.Throttle
+    codes: pairing.Throttle
 
 
 def pairing_state(settings: Settings, embedded: bool) -> PairingState:
@@ -54,10 +56,14 @@ def pairing_state(settings: Settings, embedded: bool) -> PairingState:
         key: bytes | None = settings.worker_token_key.encode()
     else:  # the all-in-one may use a key of its own: its tokens die with the process
         key = secrets.token_bytes(32) if embedded else None
-    throttle = pairing.Throttle(
-        settings.pairing_attempts_per_minute, settings.pairing_attempts_global_per_minute
+    per_minute = settings.pairing_attempts_per_minute
+    # With accounts, only logged-in users make codes (a few a minute each), and a code of
+    # 20**8 cannot be guessed at PAIRING_ATTEMPTS_PER_MINUTE per address: no global cap,
+    # which bogus attempts from anywhere could fill to lock out every real code.
+    total = None if settings.accounts_required else settings.pairing_attempts_global_per_minute
+    return PairingState(
+        key, pairing.Throttle(per_minute, total), pairing.Throttle(per_minute, None)
     )
-    return PairingState(key, throttle)
 
 
 def _connection(c: Components, worker_id: str, name: str, pool: str) -> ConnectionView:

@@ -46,6 +46,12 @@ class PairingsController(Controller):
         key_of(state)
         c: Components = state.components
         who = ownership.caller(request)
+        wait = state.pairing.codes.attempt(who.id or "local-admin")
+        if wait is not None:
+            raise HTTPException(
+                status_code=429, detail=f"too many pairing codes: try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )  # fmt: skip
         code, at = pairing.new_code(), now()
         wanted = data.pool if data is not None else None
         with c.sessions() as session, session.begin():
