@@ -292,8 +292,10 @@ def test_a_killed_gateway_workers_tasks_run_elsewhere_at_once(
     assert job["state"] == "completed", job
     assert job["progress"]["tasks"] == {"total": 3, "done": 3, "failed": 0}
     assert task_rows(cloud, job_id) == dict.fromkeys(held, ("done", "gy", 1))
-    # Each task started once on X (killed) and once on Y: given back once, not copied.
-    assert Counter(canary_starts(cloud, "gx")) == dict.fromkeys(held, 1)
+    # Each task ran on Y exactly once: given back, not copied. (X may have started one
+    # twice: a reconnect of X under heavy load gives its tasks back and it takes them
+    # again; its SIGKILL is what this test is about.)
+    assert set(canary_starts(cloud, "gx")) == set(held)
     assert Counter(canary_starts(cloud, "gy")) == dict.fromkeys(held, 1)
 
     done = svc.wait_state(csv_job, {"completed", "failed"}, timeout=90)
