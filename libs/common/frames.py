@@ -166,13 +166,13 @@ def decode(data: bytes | str) -> FromWorker | ToWorker:
 
 def from_worker(data: bytes | str) -> FromWorker:
     body = decode(data)
-    if not isinstance(body, Hello | Done | Retry | Dead | Skip | Progress | Beat | Pause):
+    if not isinstance(body, FromWorker):
         raise FrameError(f"a worker does not send {type(body).__name__} frames")
     return body
 
 
 def to_worker(data: bytes | str) -> ToWorker:
     body = decode(data)
-    if not isinstance(body, Welcome | Task | Control):
+    if not isinstance(body, ToWorker):
         raise FrameError(f"the gateway does not send {type(body).__name__} frames")
     return body

@@ -77,8 +77,6 @@ class GatewayMessage:
     body: bytes
     task_id: str
     settled: bool = False
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    headers: dict[str, Any] = field(default_factory=dict)
 
     def ack(self) -> None:
         """Without a result: the worker skips a task of a cancelled job."""

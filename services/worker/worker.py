@@ -43,6 +43,7 @@ from services.worker.control import Orders
 from services.worker.csv_map import handle_csv
 from services.worker.gateway_link import GatewayLoop, GatewayTarget, hello_from
 from services.worker.heartbeat import Heartbeats, Snapshot
+from services.worker.status import broker_host
 from services.worker.task_urls import TaskUrls
 from services.worker.tracks import AudioConfig, handle_tracks
 
@@ -162,8 +163,6 @@ class Worker:
         """Where the tasks come from, for people: the gateway's address or the broker's."""
         if isinstance(self.loop, GatewayLoop):
             return f"gateway {self.loop.url.split('/api/')[0]}"
-        from services.worker.status import broker_host
-
         return broker_host(self.settings.broker_url)
 
     @property
